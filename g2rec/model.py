@@ -1,0 +1,214 @@
+"""Generative sequential recommender: a causal transformer over items, or over alternating
+interest/item tokens (G2Rec). One model; `mode="items"` is the SASRec-style ablation.
+
+Training (`loss`): items mode predicts the next item at every position (full softmax).
+G2Rec mode, on P(i_1), i_1, ..., P(i_T), i_T, P(i_T+1): at an interest token the target is its item
+(item head), at an item token the target is the next item's interest profile (interest head).
+Inference (`score`): P(item | h) = sum over the top-B interests k of P(k | h) * P(item | h, k).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from g2rec.tokenize import INTEREST, ITEM, PAD, TokenBatch, append_interest, interleave
+
+MODES = ("items", "g2rec")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    n_items: int
+    max_len: int = 50  # items of history
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    ffn_mult: int = 4
+    dropout: float = 0.3
+    mode: str = "items"
+    n_clusters: int = 0  # K (g2rec mode)
+    rho: int = 1  # profile sparsity (g2rec mode)
+    top_b: int = 4  # interests marginalised at inference
+    interest_loss_weight: float = 1.0
+    hard_tokens: bool = False  # embed interest tokens by their primary cluster only
+    n_negatives: int = 0  # 0: full softmax; else uniform sampled softmax with this many shared negatives
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode == "g2rec" and (self.n_clusters < 1 or self.rho < 1):
+            raise ValueError(f"g2rec mode needs n_clusters >= 1 and rho >= 1, got {self.n_clusters}, {self.rho}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.dropout = cfg.dropout
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, L, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, L, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, H, L, D)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, L, C)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.attn = SelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.d_model, cfg.ffn_mult * cfg.d_model),
+            nn.GELU(),
+            nn.Linear(cfg.ffn_mult * cfg.d_model, cfg.d_model),
+            nn.Dropout(cfg.dropout),
+        )
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), mask)
+        return x + self.mlp(self.ln2(x))
+
+
+class G2RecModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.item_emb = nn.Embedding(cfg.n_items + 1, cfg.d_model, padding_idx=0)
+        self.pos_emb = nn.Embedding(cfg.max_len + 1, cfg.d_model)
+        self.kind_emb = nn.Embedding(3, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        if cfg.mode == "g2rec":
+            self.cluster_emb = nn.Embedding(cfg.n_clusters, cfg.d_model)
+            # Profile tables (N+1, rho); filled by set_profiles, saved with the model.
+            self.register_buffer("prof_clusters", torch.zeros(cfg.n_items + 1, cfg.rho, dtype=torch.long))
+            self.register_buffer("prof_weights", torch.zeros(cfg.n_items + 1, cfg.rho))
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def set_profiles(self, clusters, weights) -> None:
+        """clusters (N+1, rho) int, weights (N+1, rho) float: the item-interest profiles."""
+        clusters = torch.as_tensor(clusters, dtype=torch.long)
+        weights = torch.as_tensor(weights, dtype=torch.float32)
+        if clusters.shape != self.prof_clusters.shape or weights.shape != self.prof_weights.shape:
+            raise ValueError(f"profiles must be {tuple(self.prof_clusters.shape)}, got {tuple(clusters.shape)}")
+        if self.cfg.hard_tokens:
+            weights = torch.zeros_like(weights)
+            weights[:, 0] = 1.0
+            weights[0] = 0.0
+        self.prof_clusters.copy_(clusters)
+        self.prof_weights.copy_(weights)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ---- encoding ----------------------------------------------------------------------------
+    def _item_tokens(self, items: torch.Tensor) -> TokenBatch:
+        B, T = items.shape
+        kind = torch.where(items > 0, ITEM, PAD)
+        zeros = torch.zeros(B, T, 1, dtype=torch.long, device=items.device)
+        pos = (T - 1 - torch.arange(T, device=items.device)).expand(B, T)
+        return TokenBatch(kind, items, zeros, zeros.float(), pos)
+
+    def encode(self, tok: TokenBatch) -> torch.Tensor:
+        """Tokens -> hidden states (B, L, C)."""
+        B, L = tok.kind.shape
+        x = self.item_emb(tok.item) * (tok.kind == ITEM).unsqueeze(-1)  # (B, L, C)
+        if self.cfg.mode == "g2rec":
+            soft = (self.cluster_emb(tok.clusters) * tok.weights.unsqueeze(-1)).sum(2)  # (B, L, C)
+            x = x + soft * (tok.kind == INTEREST).unsqueeze(-1)
+        x = x + self.pos_emb(tok.pos.clamp(max=self.cfg.max_len)) + self.kind_emb(tok.kind)
+        x = self.drop(x)
+        valid = tok.kind != PAD  # (B, L)
+        causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
+        eye = torch.eye(L, dtype=torch.bool, device=x.device)
+        # A padding query still attends to itself so no softmax row is empty.
+        mask = (causal & (valid.unsqueeze(1) | eye)).unsqueeze(1)  # (B, 1, L, L)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.ln_f(x)
+
+    def item_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """(P, C) -> (P, N+1); the padding item never wins."""
+        logits = h @ self.item_emb.weight.t()
+        return logits.index_fill(-1, torch.zeros(1, dtype=torch.long, device=h.device), -torch.inf)
+
+    # ---- training ----------------------------------------------------------------------------
+    def item_loss(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of targets y (P,) given hidden states h (P, C): full softmax, or a sampled
+        softmax over n_negatives uniform items shared by the batch. Uniform proposals make the logQ
+        correction a constant, so it drops out; accidental hits are masked."""
+        if self.cfg.n_negatives <= 0:
+            return F.cross_entropy(self.item_logits(h), y)
+        neg = torch.randint(1, self.cfg.n_items + 1, (self.cfg.n_negatives,), device=h.device)  # (S,)
+        pos_logit = (h * self.item_emb(y)).sum(-1, keepdim=True)  # (P, 1)
+        neg_logits = (h @ self.item_emb(neg).t()).masked_fill(neg.unsqueeze(0) == y.unsqueeze(1), -torch.inf)  # (P, S)
+        logits = torch.cat([pos_logit, neg_logits], dim=1)
+        return F.cross_entropy(logits, torch.zeros_like(y))
+
+    def loss(self, seqs: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """seqs: (B, T+1) left-padded item sequences; every next item is a target."""
+        if self.cfg.mode == "items":
+            x, y = seqs[:, :-1], seqs[:, 1:]
+            h = self.encode(self._item_tokens(x))  # (B, T, C)
+            valid = x > 0
+            item_loss = self.item_loss(h[valid], y[valid])
+            return item_loss, {"item": item_loss.item()}
+        tok = interleave(seqs, self.prof_clusters, self.prof_weights)
+        tok = TokenBatch(*(t[:, :-1] for t in (tok.kind, tok.item, tok.clusters, tok.weights, tok.pos)))
+        h = self.encode(tok)  # (B, 2T+1, C)
+        at_interest = tok.kind == INTEREST
+        item_loss = self.item_loss(h[at_interest], tok.item[at_interest])
+        # At item token t the target is the interest token t+1 (always present: the last token is one).
+        at_item = tok.kind == ITEM
+        nxt_cl = tok.clusters[:, 1:][at_item[:, :-1]]  # (P, rho)
+        nxt_w = tok.weights[:, 1:][at_item[:, :-1]]
+        logp = F.log_softmax(h[:, :-1][at_item[:, :-1]] @ self.cluster_emb.weight.t(), dim=-1)  # (P, K)
+        interest_loss = -(logp.gather(1, nxt_cl) * nxt_w).sum(1).mean()
+        total = item_loss + self.cfg.interest_loss_weight * interest_loss
+        return total, {"item": item_loss.item(), "interest": interest_loss.item()}
+
+    # ---- inference ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def score(self, history: torch.Tensor) -> torch.Tensor:
+        """history: (B, T) left-padded item ids, T <= max_len -> (B, N+1) log P(next item)."""
+        if self.cfg.mode == "items":
+            h = self.encode(self._item_tokens(history))[:, -1]  # (B, C)
+            return F.log_softmax(self.item_logits(h), dim=-1)
+        B = history.shape[0]
+        tok = interleave(history, self.prof_clusters, self.prof_weights, last_pos=1)
+        h = self.encode(tok)[:, -1]  # (B, C): the last item token
+        logp_k = F.log_softmax(h @ self.cluster_emb.weight.t(), dim=-1)  # (B, K)
+        top_v, top_k = logp_k.topk(min(self.cfg.top_b, self.cfg.n_clusters), dim=-1)  # (B, Bk)
+        Bk = top_k.shape[1]
+        prior = F.log_softmax(top_v, dim=-1)  # renormalised over the top-B
+        rep = TokenBatch(*(t.repeat_interleave(Bk, dim=0) for t in (tok.kind, tok.item, tok.clusters, tok.weights, tok.pos)))
+        h2 = self.encode(append_interest(rep, top_k.reshape(-1)))[:, -1]  # (B*Bk, C)
+        item_logp = F.log_softmax(self.item_logits(h2), dim=-1).view(B, Bk, -1)  # (B, Bk, N+1)
+        return torch.logsumexp(prior.unsqueeze(-1) + item_logp, dim=1)
+
+    def forward(self, history: torch.Tensor) -> torch.Tensor:
+        """The exported inference graph: (B, T) -> (B, N+1) scores."""
+        return self.score(history)

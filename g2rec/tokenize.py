@@ -1,0 +1,74 @@
+"""Alternating interest/item tokenization (spec section 4), in torch so it exports to ONNX.
+
+A history (i_1, ..., i_T) becomes P(i_1), i_1, P(i_2), i_2, ..., P(i_T), i_T where P(i) is the
+interest token of item i: its top-rho (cluster, weight) profile. Interest tokens are soft: the model
+embeds them as the profile-weighted sum of cluster embeddings. A hard token is a one-hot profile.
+
+Every token carries its pair index counted from the end of the sequence ("position"), so that left
+padding and variable lengths give the same positions for the most recent pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+PAD, INTEREST, ITEM = 0, 1, 2
+
+
+@dataclass
+class TokenBatch:
+    """kind:     (B, L) int64 PAD / INTEREST / ITEM
+    item:     (B, L) int64 item id at ITEM tokens, the profile's item at INTEREST tokens, 0 at PAD
+    clusters: (B, L, rho) int64 cluster ids (INTEREST tokens; 0 elsewhere)
+    weights:  (B, L, rho) float profile weights (INTEREST tokens; 0 elsewhere)
+    pos:      (B, L) int64 pair index from the end (0 = most recent pair)
+    """
+
+    kind: torch.Tensor
+    item: torch.Tensor
+    clusters: torch.Tensor
+    weights: torch.Tensor
+    pos: torch.Tensor
+
+
+def interleave(items: torch.Tensor, clusters: torch.Tensor, weights: torch.Tensor, last_pos: int = 0) -> TokenBatch:
+    """Left-padded item histories (B, T) -> alternating tokens (B, 2T).
+
+    clusters, weights: (N+1, rho) profile tables (row 0 = padding).
+    last_pos: pair index of the most recent pair (1 when an interest token will be appended).
+    """
+    B, T = items.shape
+    valid = items > 0  # (B, T)
+    rho = clusters.shape[1]
+    kind = torch.stack([torch.where(valid, INTEREST, PAD), torch.where(valid, ITEM, PAD)], dim=2).view(B, 2 * T)
+    item = items.repeat_interleave(2, dim=1)  # (B, 2T)
+    is_interest = (kind == INTEREST).unsqueeze(-1)  # (B, 2T, 1)
+    cl = torch.where(is_interest, clusters[item], torch.zeros_like(clusters[item]))  # (B, 2T, rho)
+    w = torch.where(is_interest, weights[item], torch.zeros_like(weights[item]))
+    pos = (T - 1 - torch.arange(T, device=items.device) + last_pos).repeat_interleave(2)  # (2T,)
+    return TokenBatch(kind, item, cl.view(B, 2 * T, rho), w.view(B, 2 * T, rho), pos.expand(B, 2 * T))
+
+
+def append_interest(tokens: TokenBatch, cluster: torch.Tensor) -> TokenBatch:
+    """Append one hard interest token per row: cluster (B,) -> a TokenBatch of length L+1 at pos 0."""
+    B, L, rho = tokens.clusters.shape
+    one = torch.ones(B, 1, dtype=tokens.kind.dtype, device=cluster.device)
+    cl = torch.zeros(B, 1, rho, dtype=tokens.clusters.dtype, device=cluster.device)
+    cl[:, 0, 0] = cluster
+    w = torch.zeros(B, 1, rho, dtype=tokens.weights.dtype, device=cluster.device)
+    w[:, 0, 0] = 1.0
+    return TokenBatch(
+        kind=torch.cat([tokens.kind, one * INTEREST], 1),
+        item=torch.cat([tokens.item, one * 0], 1),
+        clusters=torch.cat([tokens.clusters, cl], 1),
+        weights=torch.cat([tokens.weights, w], 1),
+        pos=torch.cat([tokens.pos, one * 0], 1),
+    )
+
+
+def items_of(tokens: TokenBatch) -> torch.Tensor:
+    """Inverse of interleave: (B, 2T) tokens -> (B, T) left-padded item ids."""
+    B, L = tokens.item.shape
+    return torch.where(tokens.kind == ITEM, tokens.item, 0).view(B, L // 2, 2)[:, :, 1]

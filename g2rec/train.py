@@ -1,0 +1,129 @@
+"""Training loop and evaluation for G2RecModel: pure torch, no I/O beyond a progress bar."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from g2rec.metrics import LooSplit, metrics_from_ranks, target_ranks
+from g2rec.model import G2RecModel
+from g2rec.types import Interactions
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    eval_every: int = 2  # epochs between validation runs
+    patience: int = 8  # validation runs without improvement before stopping
+    max_minutes: float = 18.0  # wall-clock cap on training
+    seed: int = 0
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_valid: dict[str, float]
+    seconds: float
+    epochs_run: int
+    curve: list[dict] = field(default_factory=list)
+
+
+def training_sequences(train: Interactions, max_len: int) -> list[np.ndarray]:
+    """Cut each user's training history into windows of max_len+1 items, newest first, so every
+    transition is a target exactly once (consecutive windows overlap by one input item)."""
+    out = []
+    for u in range(train.n_users):
+        h = train.history(u)
+        end = len(h)
+        while end >= 2:
+            out.append(h[max(0, end - max_len - 1) : end])
+            end -= max_len
+    return out
+
+
+def pad_left(seqs: list[np.ndarray], length: int | None = None) -> torch.Tensor:
+    """Variable-length id arrays -> (B, T) int64, left-padded with 0 and left-truncated to T."""
+    T = length or max(len(s) for s in seqs)
+    out = np.zeros((len(seqs), T), dtype=np.int64)
+    for b, s in enumerate(seqs):
+        s = s[-T:]
+        if len(s):
+            out[b, T - len(s) :] = s
+    return torch.from_numpy(out)
+
+
+def length_batches(seqs: list[np.ndarray], batch_size: int, rng: np.random.Generator):
+    """Shuffled batches of similar length (little padding), each (B, T+1)."""
+    order = np.argsort([len(s) + rng.random() for s in seqs], kind="stable")
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    for c in rng.permutation(len(chunks)):
+        yield pad_left([seqs[i] for i in chunks[c]])
+
+
+@torch.no_grad()
+def evaluate(model: G2RecModel, split: LooSplit, stage: str, batch_size: int = 256) -> dict[str, dict[str, float]]:
+    """Full-ranking metrics on `stage`: {"masked": history excluded, "unmasked": not excluded}."""
+    was_training = model.training
+    model.eval()
+    inputs, targets = split.inputs(stage), split.targets(stage)
+    order = np.argsort([len(h) for h in inputs], kind="stable")
+    masked, unmasked = np.empty(len(inputs)), np.empty(len(inputs))
+    for i in range(0, len(order), batch_size):
+        idx = order[i : i + batch_size]
+        hist = [inputs[j] for j in idx]
+        scores = model.score(pad_left(hist, min(model.cfg.max_len, max(len(h) for h in hist))))
+        t = torch.as_tensor(targets[idx])
+        masked[idx] = target_ranks(scores, t, hist).numpy()
+        unmasked[idx] = target_ranks(scores, t, None).numpy()
+    model.train(was_training)
+    return {"masked": metrics_from_ranks(masked), "unmasked": metrics_from_ranks(unmasked)}
+
+
+def fit(model: G2RecModel, split: LooSplit, cfg: TrainConfig) -> FitResult:
+    """Adam on all next-item targets; early stopping on validation NDCG@10 (history excluded).
+    Leaves the model holding its best-validation weights."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    seqs = training_sequences(split.train, model.cfg.max_len)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    best, best_state, best_epoch, bad = -1.0, None, 0, 0
+    curve: list[dict] = []
+    start = time.time()
+    epoch = 0
+    bar = tqdm(total=cfg.epochs, disable=not cfg.progress, desc=f"train {model.cfg.mode}", unit="ep")
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        losses = []
+        for batch in length_batches(seqs, cfg.batch_size, rng):
+            loss, _ = model.loss(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        bar.update(1)
+        out_of_time = time.time() - start > cfg.max_minutes * 60
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs or out_of_time:
+            valid = evaluate(model, split, "valid")["masked"]
+            curve.append({"epoch": epoch, "loss": float(np.mean(losses)), "valid_ndcg@10": valid["ndcg@10"]})
+            bar.set_postfix(loss=f"{np.mean(losses):.3f}", ndcg10=f"{valid['ndcg@10']:.4f}", best=f"{max(best, valid['ndcg@10']):.4f}")
+            if valid["ndcg@10"] > best:
+                best, best_state, best_epoch, bad, best_valid = valid["ndcg@10"], copy.deepcopy(model.state_dict()), epoch, 0, valid
+            else:
+                bad += 1
+            if bad >= cfg.patience or out_of_time:
+                break
+    bar.close()
+    model.load_state_dict(best_state)
+    return FitResult(best_epoch, best_valid, time.time() - start, epoch, curve)

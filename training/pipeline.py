@@ -1,0 +1,147 @@
+"""Offline training pipeline: dataset -> leave-one-out split -> (graph -> clusters -> profiles)
+-> model -> validation-early-stopped training -> test metrics -> a run directory.
+
+A run directory holds everything needed to evaluate, export or serve the model again:
+  config.json   the full pipeline config (dataset, model, training, graph, clustering)
+  model.pt      {"model_config", "state_dict"} (profiles live in the state dict as buffers)
+  profiles.npz  item-interest profiles (g2rec mode)
+  metrics.json  validation/test metrics, history excluded ("masked") and not ("unmasked")
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from g2rec.data import load_dataset, load_path
+from g2rec.metrics import LooSplit, loo_split
+from g2rec.model import G2RecModel, ModelConfig
+from g2rec.train import TrainConfig, evaluate, fit
+from g2rec.types import Interactions, InterestProfiles
+
+
+@dataclass(frozen=True)
+class DataSource:
+    name: str = "beauty"  # a known dataset name, or a label when `path` is given
+    path: str | None = None
+    fmt: str | None = None
+
+    def load(self) -> Interactions:
+        if self.path:
+            if not self.fmt:
+                raise ValueError(f"--format is required with --dataset-path {self.path}")
+            return load_path(self.path, self.fmt, name=self.name)
+        return load_dataset(self.name)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    data: DataSource = field(default_factory=DataSource)
+    model: dict = field(default_factory=dict)  # ModelConfig fields except n_items / n_clusters
+    train: TrainConfig = field(default_factory=TrainConfig)
+    graph: dict = field(default_factory=dict)  # GraphConfig fields (g2rec mode)
+    cluster: dict = field(default_factory=dict)  # ClusterConfig fields (g2rec mode)
+    threads: int = 2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PipelineConfig":
+        unknown = set(d) - {f for f in cls.__dataclass_fields__}
+        if unknown:
+            raise ValueError(f"unknown pipeline config keys: {sorted(unknown)}")
+        return cls(
+            data=DataSource(**d.get("data", {})),
+            model=dict(d.get("model", {})),
+            train=TrainConfig(**d.get("train", {})),
+            graph=dict(d.get("graph", {})),
+            cluster=dict(d.get("cluster", {})),
+            threads=d.get("threads", 2),
+        )
+
+
+@dataclass
+class RunResult:
+    model: G2RecModel
+    split: LooSplit
+    profiles: InterestProfiles | None
+    metrics: dict
+
+
+def build_profiles(train: Interactions, graph: dict, cluster: dict, seed: int) -> tuple[InterestProfiles, dict]:
+    """Training interactions -> sampled co-engagement graph -> soft clusters -> profiles."""
+    from g2rec.cluster import ClusterConfig
+    from g2rec.cluster import cluster as run_cluster
+    from g2rec.graph import GraphConfig, build_graph
+
+    t0 = time.time()
+    snapshot = build_graph(train, GraphConfig(**{"seed": seed, **graph}))
+    t1 = time.time()
+    profiles, report = run_cluster(snapshot, ClusterConfig(**{"seed": seed, **cluster}))
+    info = {
+        "graph_edges": int(snapshot.n_edges),
+        "graph_seconds": t1 - t0,
+        "cluster_seconds": time.time() - t1,
+        "cluster_report": {k: (v if isinstance(v, (int, float, str, type(None), dict, list)) else str(v)) for k, v in asdict(report).items()},
+    }
+    return profiles, info
+
+
+def run(cfg: PipelineConfig, out: Path | None = None, data: Interactions | None = None) -> RunResult:
+    torch.set_num_threads(cfg.threads)
+    data = data if data is not None else cfg.data.load()
+    split = loo_split(data)
+    model_cfg = ModelConfig(n_items=data.n_items, **cfg.model)
+    profiles, info = None, {}
+    if model_cfg.mode == "g2rec":
+        profiles, info = build_profiles(split.train, cfg.graph, cfg.cluster, cfg.train.seed)
+        model_cfg = replace(model_cfg, n_clusters=profiles.n_clusters, rho=profiles.rho)
+    torch.manual_seed(cfg.train.seed)
+    model = G2RecModel(model_cfg)
+    if profiles is not None:
+        model.set_profiles(profiles.clusters, profiles.weights)
+    result = fit(model, split, cfg.train)
+    metrics = {
+        "dataset": data.name,
+        "users_evaluated": int(len(split.users)),
+        "items": int(data.n_items),
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "train_seconds": result.seconds,
+        "params": model.num_params(),
+        "valid": evaluate(model, split, "valid"),
+        "test": evaluate(model, split, "test"),
+        "curve": result.curve,
+        **info,
+    }
+    if out is not None:
+        save_run(out, cfg, model, profiles, metrics)
+    return RunResult(model, split, profiles, metrics)
+
+
+def save_run(out: Path, cfg: PipelineConfig, model: G2RecModel, profiles: InterestProfiles | None, metrics: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    torch.save({"model_config": model.cfg.to_dict(), "state_dict": model.state_dict()}, out / "model.pt")
+    if profiles is not None:
+        np.savez(out / "profiles.npz", clusters=profiles.clusters, weights=profiles.weights,
+                 item_ids=profiles.item_ids, n_clusters=profiles.n_clusters, version=profiles.version)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def load_run(run_dir: Path) -> tuple[PipelineConfig, G2RecModel]:
+    run_dir = Path(run_dir)
+    if not (run_dir / "model.pt").is_file():
+        raise FileNotFoundError(f"{run_dir}: not a run directory (no model.pt)")
+    cfg = PipelineConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    ckpt = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
+    model = G2RecModel(ModelConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    return cfg, model
