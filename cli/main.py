@@ -67,3 +67,7 @@ def bench() -> None:
     """Benchmarks; each writes bench/results/NAME*.json."""
 
 
+
+
+if __name__ == "__main__":
+    cli()

@@ -121,13 +121,15 @@ def run(cfg: PipelineConfig, out: Path | None = None, data: Interactions | None 
         **info,
     }
     if out is not None:
-        save_run(out, cfg, model, profiles, metrics)
+        save_run(out, cfg, model, profiles, metrics, data.item_ids)
     return RunResult(model, split, profiles, metrics)
 
 
-def save_run(out: Path, cfg: PipelineConfig, model: G2RecModel, profiles: InterestProfiles | None, metrics: dict) -> None:
+def save_run(out: Path, cfg: PipelineConfig, model: G2RecModel, profiles: InterestProfiles | None, metrics: dict,
+             item_ids: np.ndarray) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    np.save(out / "item_ids.npy", item_ids, allow_pickle=item_ids.dtype == object)
     torch.save({"model_config": model.cfg.to_dict(), "state_dict": model.state_dict()}, out / "model.pt")
     if profiles is not None:
         np.savez(out / "profiles.npz", clusters=profiles.clusters, weights=profiles.weights,
