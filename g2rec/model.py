@@ -35,7 +35,8 @@ class ModelConfig:
     top_b: int = 4  # interests marginalised at inference
     interest_loss_weight: float = 1.0
     hard_tokens: bool = False  # embed interest tokens by their primary cluster only
-    n_negatives: int = 0  # 0: full softmax; else uniform sampled softmax with this many shared negatives
+    n_negatives: int = 0  # 0: full softmax; else sampled softmax with this many shared negatives
+    neg_power: float = 0.0  # negatives ~ count^neg_power (0: uniform), with logQ correction
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -99,6 +100,8 @@ class G2RecModel(nn.Module):
             # Profile tables (N+1, rho); filled by set_profiles, saved with the model.
             self.register_buffer("prof_clusters", torch.zeros(cfg.n_items + 1, cfg.rho, dtype=torch.long))
             self.register_buffer("prof_weights", torch.zeros(cfg.n_items + 1, cfg.rho))
+        # Proposal distribution of sampled negatives (training only); uniform until set_item_counts.
+        self.register_buffer("neg_q", torch.ones(cfg.n_items + 1).index_fill(0, torch.tensor([0]), 0.0), persistent=False)
         self.apply(self._init)
 
     @staticmethod
@@ -120,6 +123,12 @@ class G2RecModel(nn.Module):
             weights[0] = 0.0
         self.prof_clusters.copy_(clusters)
         self.prof_weights.copy_(weights)
+
+    def set_item_counts(self, counts) -> None:
+        """(N+1,) training counts per item -> the proposal q ∝ count^neg_power of sampled negatives."""
+        q = torch.as_tensor(counts, dtype=torch.float32).clamp(min=1).pow(self.cfg.neg_power)
+        q[0] = 0.0
+        self.neg_q.copy_(q / q.sum())
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -158,13 +167,15 @@ class G2RecModel(nn.Module):
     # ---- training ----------------------------------------------------------------------------
     def item_loss(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of targets y (P,) given hidden states h (P, C): full softmax, or a sampled
-        softmax over n_negatives uniform items shared by the batch. Uniform proposals make the logQ
-        correction a constant, so it drops out; accidental hits are masked."""
+        softmax over n_negatives items drawn from q and shared by the batch, with the logQ correction
+        (every logit minus log q) so the estimate targets the full softmax; accidental hits masked."""
         if self.cfg.n_negatives <= 0:
             return F.cross_entropy(self.item_logits(h), y)
-        neg = torch.randint(1, self.cfg.n_items + 1, (self.cfg.n_negatives,), device=h.device)  # (S,)
-        pos_logit = (h * self.item_emb(y)).sum(-1, keepdim=True)  # (P, 1)
-        neg_logits = (h @ self.item_emb(neg).t()).masked_fill(neg.unsqueeze(0) == y.unsqueeze(1), -torch.inf)  # (P, S)
+        neg = torch.multinomial(self.neg_q, self.cfg.n_negatives, replacement=True)  # (S,)
+        log_q = self.neg_q.log()
+        pos_logit = (h * self.item_emb(y)).sum(-1, keepdim=True) - log_q[y].unsqueeze(1)  # (P, 1)
+        neg_logits = h @ self.item_emb(neg).t() - log_q[neg]  # (P, S)
+        neg_logits = neg_logits.masked_fill(neg.unsqueeze(0) == y.unsqueeze(1), -torch.inf)
         logits = torch.cat([pos_logit, neg_logits], dim=1)
         return F.cross_entropy(logits, torch.zeros_like(y))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -13,6 +14,8 @@ from tqdm.auto import tqdm
 from g2rec.metrics import LooSplit, metrics_from_ranks, target_ranks
 from g2rec.model import G2RecModel
 from g2rec.types import Interactions
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,8 @@ def fit(model: G2RecModel, split: LooSplit, cfg: TrainConfig) -> FitResult:
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs or out_of_time:
             valid = evaluate(model, split, "valid")["masked"]
             curve.append({"epoch": epoch, "loss": float(np.mean(losses)), "valid_ndcg@10": valid["ndcg@10"]})
+            log.info("epoch %d loss %.4f valid ndcg@10 %.4f recall@10 %.4f (%.0fs)", epoch, np.mean(losses),
+                     valid["ndcg@10"], valid["recall@10"], time.time() - start)
             bar.set_postfix(loss=f"{np.mean(losses):.3f}", ndcg10=f"{valid['ndcg@10']:.4f}", best=f"{max(best, valid['ndcg@10']):.4f}")
             if valid["ndcg@10"] > best:
                 best, best_state, best_epoch, bad, best_valid = valid["ndcg@10"], copy.deepcopy(model.state_dict()), epoch, 0, valid

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -97,15 +97,16 @@ def run(cfg: PipelineConfig, out: Path | None = None, data: Interactions | None 
     torch.set_num_threads(cfg.threads)
     data = data if data is not None else cfg.data.load()
     split = loo_split(data)
-    model_cfg = ModelConfig(n_items=data.n_items, **cfg.model)
-    profiles, info = None, {}
-    if model_cfg.mode == "g2rec":
+    profiles, info, extra = None, {}, {}
+    if cfg.model.get("mode") == "g2rec":
         profiles, info = build_profiles(split.train, cfg.graph, cfg.cluster, cfg.train.seed)
-        model_cfg = replace(model_cfg, n_clusters=profiles.n_clusters, rho=profiles.rho)
+        extra = {"n_clusters": profiles.n_clusters, "rho": profiles.rho}
+    model_cfg = ModelConfig(n_items=data.n_items, **cfg.model, **extra)
     torch.manual_seed(cfg.train.seed)
     model = G2RecModel(model_cfg)
     if profiles is not None:
         model.set_profiles(profiles.clusters, profiles.weights)
+    model.set_item_counts(np.bincount(split.train.items, minlength=data.n_items + 1))
     result = fit(model, split, cfg.train)
     metrics = {
         "dataset": data.name,
