@@ -92,3 +92,55 @@ def command(dataset, models, seeds, minutes, out):
         click.echo(f"{model:>8}: NDCG@10 {r['ndcg@10']:.4f}±{r['std']['ndcg@10']:.4f}  Recall@10 {r['recall@10']:.4f}  "
                    f"(unmasked {r['unmasked']['ndcg@10']:.4f} / {r['unmasked']['recall@10']:.4f})")
     click.echo(f"-> {path}")
+
+
+# (label, overrides) for the G2Rec ablation; "B" varies inference only, on the base model.
+ABLATIONS = [
+    ("base", {}),
+    ("rho=1", {"cluster": {"rho": 1}}),
+    ("rho=2", {"cluster": {"rho": 2}}),
+    ("K=64", {"cluster": {"n_clusters": 64}}),
+    ("K=1024", {"cluster": {"n_clusters": 1024}}),
+    ("hard tokens", {"model": {"hard_tokens": True}}),
+    ("c=0.5", {"graph": {"c": 0.5}}),
+    ("c=2", {"graph": {"c": 2.0}}),
+]
+TOP_B = (1, 2, 4, 8)
+
+
+@click.command("ablation")
+@click.option("--dataset", default="beauty", show_default=True)
+@click.option("--minutes", type=float, default=6.0, show_default=True, help="training cap per variant")
+@click.option("--only", default=None, help="comma-separated labels to run (default: all)")
+def ablation(dataset, minutes, only):
+    """G2Rec variants (rho, K, soft/hard tokens, sampling constant c, B), one seed each, side by side."""
+    from training.pipeline import PipelineConfig
+    from g2rec.train import evaluate
+
+    path = RESULTS / f"ablation-{dataset}.json"
+    report = json.loads(path.read_text()) if path.is_file() else {"dataset": dataset, "variants": {}}
+    report.update({"protocol": PROTOCOL, "hardware": hardware(), "minutes_per_variant": minutes,
+                   "note": "one seed, capped training; compare variants with each other, not with quality-*.json"})
+    wanted = set(only.split(",")) if only else None
+    for label, over in ABLATIONS:
+        if wanted and label not in wanted:
+            continue
+        base = preset(dataset, "g2rec").to_dict()
+        for part, values in over.items():
+            base[part] = {**base[part], **values}
+        base["train"]["max_minutes"] = minutes
+        res = run(PipelineConfig.from_dict(base))
+        entry = {"valid_ndcg@10": res.metrics["valid"]["masked"]["ndcg@10"], "test": res.metrics["test"]["masked"],
+                 "test_unmasked": res.metrics["test"]["unmasked"], "train_seconds": res.metrics["train_seconds"],
+                 "cluster_report": res.metrics.get("cluster_report"), "overrides": over}
+        if label == "base":
+            entry["by_top_b"] = {}
+            for b in TOP_B:
+                res.model.cfg = replace(res.model.cfg, top_b=b)
+                m = evaluate(res.model, res.split, "test")["masked"]
+                v = evaluate(res.model, res.split, "valid")["masked"]
+                entry["by_top_b"][str(b)] = {"valid_ndcg@10": v["ndcg@10"], "test": m}
+        report["variants"][label] = entry
+        path.write_text(json.dumps(report, indent=2))
+        click.echo(f"{label}: valid NDCG@10 {entry['valid_ndcg@10']:.4f} test NDCG@10 {entry['test']['ndcg@10']:.4f}")
+    click.echo(f"-> {path}")

@@ -22,6 +22,7 @@ COMMANDS = {
 # `g2rec bench NAME`: each benchmark module exposes a click command called `command`.
 BENCHMARKS = {
     "quality": "bench.quality:command",
+    "ablation": "bench.quality:ablation",
     "cluster": "bench.cluster:command",
     "stream": "bench.stream:command",
     "features": "bench.features:command",

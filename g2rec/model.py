@@ -9,6 +9,7 @@ Inference (`score`): P(item | h) = sum over the top-B interests k of P(k | h) * 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -35,6 +36,7 @@ class ModelConfig:
     top_b: int = 4  # interests marginalised at inference
     interest_loss_weight: float = 1.0
     hard_tokens: bool = False  # embed interest tokens by their primary cluster only
+    direct_weight: float = 0.0  # g2rec: weight of the direct next-item head (trained at item tokens) in the score mixture
     n_negatives: int = 0  # 0: full softmax; else sampled softmax with this many shared negatives
     neg_power: float = 0.0  # negatives ~ count^neg_power (0: uniform), with logQ correction
 
@@ -43,6 +45,8 @@ class ModelConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.mode == "g2rec" and (self.n_clusters < 1 or self.rho < 1):
             raise ValueError(f"g2rec mode needs n_clusters >= 1 and rho >= 1, got {self.n_clusters}, {self.rho}")
+        if not 0.0 <= self.direct_weight < 1.0:
+            raise ValueError(f"direct_weight must lie in [0, 1), got {self.direct_weight}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
 
@@ -199,7 +203,14 @@ class G2RecModel(nn.Module):
         logp = F.log_softmax(h[:, :-1][at_item[:, :-1]] @ self.cluster_emb.weight.t(), dim=-1)  # (P, K)
         interest_loss = -(logp.gather(1, nxt_cl) * nxt_w).sum(1).mean()
         total = item_loss + self.cfg.interest_loss_weight * interest_loss
-        return total, {"item": item_loss.item(), "interest": interest_loss.item()}
+        parts = {"item": item_loss.item(), "interest": interest_loss.item()}
+        if self.cfg.direct_weight > 0:
+            # The next item straight from an item token (the items-mode objective), same head.
+            h_item = h[:, :-1][at_item[:, :-1]]
+            direct = self.item_loss(h_item, seqs[:, 1:][seqs[:, :-1] > 0])
+            total = total + direct
+            parts["direct"] = direct.item()
+        return total, parts
 
     # ---- inference ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -218,7 +229,12 @@ class G2RecModel(nn.Module):
         rep = TokenBatch(*(t.repeat_interleave(Bk, dim=0) for t in (tok.kind, tok.item, tok.clusters, tok.weights, tok.pos)))
         h2 = self.encode(append_interest(rep, top_k.reshape(-1)))[:, -1]  # (B*Bk, C)
         item_logp = F.log_softmax(self.item_logits(h2), dim=-1).view(B, Bk, -1)  # (B, Bk, N+1)
-        return torch.logsumexp(prior.unsqueeze(-1) + item_logp, dim=1)
+        via_interest = torch.logsumexp(prior.unsqueeze(-1) + item_logp, dim=1)  # (B, N+1)
+        if self.cfg.direct_weight <= 0:
+            return via_interest
+        direct = F.log_softmax(self.item_logits(h), dim=-1)
+        lam = self.cfg.direct_weight
+        return torch.logaddexp(via_interest + math.log(1 - lam), direct + math.log(lam))
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
         """The exported inference graph: (B, T) -> (B, N+1) scores."""
