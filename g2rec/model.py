@@ -36,6 +36,7 @@ class ModelConfig:
     top_b: int = 4  # interests marginalised at inference
     interest_loss_weight: float = 1.0
     hard_tokens: bool = False  # embed interest tokens by their primary cluster only
+    positions: str = "end"  # pair index counted from the most recent ("end") or the oldest ("start") token
     direct_weight: float = 0.0  # g2rec: weight of the direct next-item head (trained at item tokens) in the score mixture
     n_negatives: int = 0  # 0: full softmax; else sampled softmax with this many shared negatives
     neg_power: float = 0.0  # negatives ~ count^neg_power (0: uniform), with logQ correction
@@ -45,6 +46,8 @@ class ModelConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.mode == "g2rec" and (self.n_clusters < 1 or self.rho < 1):
             raise ValueError(f"g2rec mode needs n_clusters >= 1 and rho >= 1, got {self.n_clusters}, {self.rho}")
+        if self.positions not in ("end", "start"):
+            raise ValueError(f"positions must be 'end' or 'start', got {self.positions!r}")
         if not 0.0 <= self.direct_weight < 1.0:
             raise ValueError(f"direct_weight must lie in [0, 1), got {self.direct_weight}")
         if self.d_model % self.n_heads:
@@ -152,7 +155,13 @@ class G2RecModel(nn.Module):
         if self.cfg.mode == "g2rec":
             soft = (self.cluster_emb(tok.clusters) * tok.weights.unsqueeze(-1)).sum(2)  # (B, L, C)
             x = x + soft * (tok.kind == INTEREST).unsqueeze(-1)
-        x = x + self.pos_emb(tok.pos.clamp(max=self.cfg.max_len)) + self.kind_emb(tok.kind)
+        if self.cfg.positions == "start":
+            # Each pair opens with its interest token (g2rec) or is a single item token (items).
+            opens = tok.kind == (INTEREST if self.cfg.mode == "g2rec" else ITEM)
+            pos = (opens.long().cumsum(1) - 1).clamp(min=0)
+        else:
+            pos = tok.pos
+        x = x + self.pos_emb(pos.clamp(max=self.cfg.max_len)) + self.kind_emb(tok.kind)
         x = self.drop(x)
         valid = tok.kind != PAD  # (B, L)
         causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()

@@ -17,13 +17,17 @@ def make(mode: str, **kw) -> G2RecModel:
     return m
 
 
+VARIANTS = [("items", {}), ("items", {"positions": "start"}), ("g2rec", {}),
+            ("g2rec", {"direct_weight": 0.5, "positions": "start"})]
+
+
 def seqs():
     return torch.tensor([[0, 0, 1, 2, 3], [4, 5, 6, 7, 8], [0, 0, 0, 9, 10]])
 
 
 def test_scores_are_log_probabilities_and_padding_never_wins():
-    for mode in ("items", "g2rec"):
-        m = make(mode).eval()
+    for mode, kw in VARIANTS:
+        m = make(mode, **kw).eval()
         s = m.score(seqs()[:, :-1])
         assert s.shape == (3, N + 1)
         assert torch.isneginf(s[:, 0]).all()
@@ -31,16 +35,16 @@ def test_scores_are_log_probabilities_and_padding_never_wins():
 
 
 def test_left_padding_does_not_change_scores():
-    for mode in ("items", "g2rec"):
-        m = make(mode).eval()
+    for mode, kw in VARIANTS:
+        m = make(mode, **kw).eval()
         short = m.score(torch.tensor([[9, 10]]))
         padded = m.score(torch.tensor([[0, 0, 0, 9, 10]]))
         assert torch.allclose(short, padded, atol=1e-5)
 
 
 def test_training_reduces_loss_in_both_modes():
-    for mode in ("items", "g2rec"):
-        m = make(mode)
+    for mode, kw in VARIANTS:
+        m = make(mode, **kw)
         opt = torch.optim.Adam(m.parameters(), lr=1e-2)
         first = m.loss(seqs())[0].item()
         for _ in range(60):
@@ -50,6 +54,7 @@ def test_training_reduces_loss_in_both_modes():
             opt.step()
         assert loss.item() < 0.5 * first, (mode, first, loss.item())
         assert ("interest" in parts) == (mode == "g2rec")
+        assert ("direct" in parts) == ("direct_weight" in kw)
 
 
 def test_sampled_softmax_trains():

@@ -1,0 +1,268 @@
+"""One worker's in-memory stream state between checkpoints; no Kafka here, only data in and out.
+
+The Kafka-facing service (streaming/agents.py) feeds it fetched records per partition, sends the
+rejects it returns to the dead-letter topic, and asks it to checkpoint. Everything it applied since
+the last checkpoint (count increments, per-partition event logs, offsets) is committed in one
+store transaction or not at all; see streaming/store.py for why that gives exactly-once counts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from g2rec.graph import CoCounts
+from streaming.config import StreamConfig
+from streaming.models import decode_values
+from streaming.sink import HistorySink, NoopSink, UserHistoryUpdate
+from streaming.store import Checkpoint, StateStore
+from streaming.windows import UserWindows, sample_increments
+
+# 2**1000 is far inside float64 range; beyond it the decay boost would overflow.
+_MAX_DECAY_EXPONENT = 1000.0
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A record that failed validation: its position in the fetched list, and why."""
+
+    index: int
+    reason: str
+
+
+@dataclass
+class _Pending:
+    delta: CoCounts = field(default_factory=CoCounts)
+    n_events: int = 0
+    max_time: float = 0.0
+    logs: dict[int, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    touched: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)  # users, items, times
+    lags: list[np.ndarray] = field(default_factory=list)  # produce timestamps (s) of applied records
+    first_fetch: float | None = None
+    first_fetch_cpu: float | None = None
+
+
+@dataclass(frozen=True)
+class PreparedCheckpoint:
+    """A checkpoint cut from the pending state, with what must go out alongside it."""
+
+    ckpt: Checkpoint
+    updates: list[UserHistoryUpdate]
+    first_fetch: float | None
+    first_fetch_cpu: float | None
+    lags: list[np.ndarray]
+    prepared_at: float
+
+
+class StreamProcessor:
+    """Applies validated events of the partitions this worker owns; checkpoints them to a store."""
+
+    def __init__(self, cfg: StreamConfig, store: StateStore, sink: HistorySink | None = None) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.sink = sink or NoopSink()
+        self.windows = UserWindows(cfg.graph.window)
+        self.next_offset: dict[int, int] = {}  # owned partition -> next offset to apply
+        self._committed: dict[int, int] = {}  # owned partition -> next offset in the store
+        self._pending = _Pending()
+        self._last_checkpoint = time.monotonic()
+        self.n_checkpoints = 0
+        store.ensure_config(cfg.fingerprint())
+
+    # ownership ------------------------------------------------------------------------------
+    @property
+    def owned(self) -> set[int]:
+        return set(self.next_offset)
+
+    @property
+    def committed_offsets(self) -> dict[int, int]:
+        """Partition -> next offset of the last prepared checkpoint (committed once it settles)."""
+        return dict(self._committed)
+
+    def assign(self, partition: int, start_offset: int) -> int:
+        """Take over a partition: load its users' windows; returns the offset to consume from."""
+        if partition in self.next_offset:
+            return self.next_offset[partition]
+        nxt = self.store.claim(self.cfg.topics.events, partition, start_offset)
+        table = self.store.load_windows(self.cfg.topics.events, partition, self.cfg.graph.window)
+        self.windows.drop_partitions({partition})
+        self.windows.load(table, partition)
+        self.next_offset[partition] = self._committed[partition] = nxt
+        return nxt
+
+    def revoke(self, partitions: set[int]) -> None:
+        """Forget partitions; their applied work must have been checkpointed (or reset) first."""
+        partitions = partitions & self.owned
+        if not partitions:
+            return
+        if self.has_pending():
+            # One count delta mixes all partitions' events and cannot be split per partition.
+            raise RuntimeError(f"revoking {sorted(partitions)} with uncheckpointed work; checkpoint first")
+        self.windows.drop_partitions(partitions)
+        for p in partitions:
+            self.next_offset.pop(p, None)
+            self._committed.pop(p, None)
+
+    def reset(self) -> dict[int, int]:
+        """Drop all uncommitted work and reload owned partitions; returns partition -> seek offset."""
+        owned = sorted(self.owned)
+        self.windows = UserWindows(self.cfg.graph.window)
+        self.next_offset.clear()
+        self._committed.clear()
+        self._pending = _Pending()
+        return {p: self.assign(p, 0) for p in owned}
+
+    # processing -----------------------------------------------------------------------------
+    def process(self, partition: int, offsets: list[int], values: list[bytes | None],
+                produced_ms: list[int] | None = None) -> list[Rejected]:
+        """Apply one partition's fetched records (offsets ascending); returns the invalid ones.
+
+        Records below the partition's next offset were applied already and are skipped.
+        """
+        if partition not in self.next_offset:
+            raise ValueError(f"partition {partition} is not owned by this worker (owned: {sorted(self.owned)})")
+        if len(offsets) != len(values) or (produced_ms is not None and len(produced_ms) != len(values)):
+            raise ValueError(f"partition {partition}: {len(offsets)} offsets for {len(values)} values")
+        if not offsets:
+            return []
+        if self._pending.first_fetch is None:
+            self._pending.first_fetch = time.time()
+            self._pending.first_fetch_cpu = time.process_time()
+        nxt = self.next_offset[partition]
+        skip = 0
+        while skip < len(offsets) and offsets[skip] < nxt:
+            skip += 1
+        if skip:
+            offsets, values = offsets[skip:], values[skip:]
+            produced_ms = produced_ms[skip:] if produced_ms is not None else None
+            if not offsets:
+                return []
+        cols, rejects = decode_values(values, self.cfg.max_event_bytes)
+        rejected = [Rejected(skip + i, reason) for i, reason in rejects]
+        boost = None
+        if self.cfg.half_life_s is not None and len(cols):
+            exponent = (cols.timestamps - self.cfg.time_origin) / self.cfg.half_life_s
+            bad = np.abs(exponent) > _MAX_DECAY_EXPONENT
+            if bad.any():
+                for i, t in zip(cols.index[bad].tolist(), cols.timestamps[bad].tolist()):
+                    rejected.append(Rejected(skip + i, f"field 'timestamp': {t:.0f} is too far from "
+                                                       f"time_origin={self.cfg.time_origin:.0f} for half_life_s"))
+                keep = np.flatnonzero(~bad)
+                cols, exponent = cols.take(keep), exponent[keep]
+            boost = np.exp2(exponent)
+        if len(cols):
+            self._apply(partition, cols, boost)
+            if produced_ms is not None and self.cfg.metrics_path:
+                self._pending.lags.append(np.asarray(produced_ms, dtype=np.float64)[cols.index] / 1000.0)
+        self.next_offset[partition] = offsets[-1] + 1
+        rejected.sort(key=lambda r: r.index)
+        return rejected
+
+    def _apply(self, partition: int, cols, boost: np.ndarray | None) -> None:
+        ctx = self.windows.extend(cols.user_ids, cols.item_ids, partition)
+        factor = cols.weights if boost is None else cols.weights * boost
+        grouped = None if np.all(factor == 1.0) else factor[ctx.order]
+        item, partner, weight, _ = sample_increments(ctx, self.cfg.graph, self.cfg.r, grouped)
+        pending = self._pending
+        pending.delta.add_pairs(item, partner, weight)
+        pending.n_events += len(cols)
+        pending.max_time = max(pending.max_time, float(cols.timestamps.max()))
+        pending.logs.setdefault(partition, []).append((cols.user_ids, cols.item_ids))
+        if not isinstance(self.sink, NoopSink):
+            pending.touched.append((cols.user_ids, cols.item_ids, cols.timestamps))
+
+    # checkpoints ----------------------------------------------------------------------------
+    @property
+    def pending_events(self) -> int:
+        return self._pending.n_events
+
+    def has_pending(self) -> bool:
+        return any(self.next_offset[p] != self._committed[p] for p in self.next_offset)
+
+    def due(self) -> bool:
+        if not self.has_pending():
+            return False
+        return (self._pending.n_events >= self.cfg.checkpoint_events
+                or time.monotonic() - self._last_checkpoint >= self.cfg.checkpoint_interval_s)
+
+    def checkpoint(self) -> int:
+        """Prepare and commit in one go; returns events committed (see prepare_checkpoint)."""
+        prepared = self.prepare_checkpoint()
+        return self.commit_prepared(prepared) if prepared is not None else 0
+
+    def prepare_checkpoint(self) -> PreparedCheckpoint | None:
+        """Cut everything applied so far into a checkpoint and start a fresh pending state.
+
+        The offsets are treated as committed from here on, so the next checkpoint chains onto
+        this one; if `commit_prepared` then fails (store.StaleOffsets when another worker
+        advanced a partition, or any other error), the caller must `reset()` and seek to the
+        offsets it returns. Commits must be applied in the order they were prepared.
+        """
+        if not self.has_pending():
+            self._last_checkpoint = time.monotonic()
+            return None
+        pending = self._pending
+        a, b, w = pending.delta.pairs()
+        ckpt = Checkpoint(
+            topic=self.cfg.topics.events,
+            offsets={p: (self._committed[p], self.next_offset[p]) for p in self.next_offset
+                     if self.next_offset[p] != self._committed[p]},
+            keys=(a << 32) | b, weights=w, n_events=pending.n_events,
+            n_increments=pending.delta.n_increments, max_time=pending.max_time,
+            logs={p: (np.concatenate([u for u, _ in parts]), np.concatenate([i for _, i in parts]))
+                  for p, parts in pending.logs.items()},
+        )
+        updates = self._history_updates(pending.touched) if pending.touched else []
+        self._committed.update({p: end for p, (_, end) in ckpt.offsets.items()})
+        self._pending = _Pending()
+        self._last_checkpoint = time.monotonic()
+        return PreparedCheckpoint(ckpt, updates, pending.first_fetch, pending.first_fetch_cpu, pending.lags,
+                                  time.time())
+
+    def commit_prepared(self, prepared: PreparedCheckpoint) -> int:
+        """Push the histories to the sink, then commit to the store; returns events committed.
+
+        Touches only the sink, the store and the metrics file, so it may run in a worker thread
+        while the next batches are processed (one call at a time, in preparation order).
+        """
+        if prepared.updates:
+            self.sink.write(prepared.updates)
+        self.store.commit(prepared.ckpt)
+        committed_at = time.time()
+        self.n_checkpoints += 1
+        if self.cfg.metrics_path:
+            self._write_metrics(prepared, committed_at)
+        return prepared.ckpt.n_events
+
+    def _history_updates(self, touched: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[UserHistoryUpdate]:
+        users = np.concatenate([u for u, _, _ in touched])
+        items = np.concatenate([i for _, i, _ in touched])
+        times = np.concatenate([t for _, _, t in touched])
+        order = np.argsort(users, kind="stable")  # per user, events stay in arrival order
+        users, items, times = users[order], items[order], times[order]
+        starts = np.flatnonzero(np.concatenate([[True], users[1:] != users[:-1]]))
+        ends = np.append(starts[1:], len(users))
+        uniq = users[starts]
+        table = self.windows.export(self.windows.rows_for(uniq, partition=-1))  # all rows exist
+        return [UserHistoryUpdate(int(u), items[s:e], times[s:e], table.flat[table.ptr[k]:table.ptr[k + 1]],
+                                  int(table.positions[k]))
+                for k, (u, s, e) in enumerate(zip(uniq.tolist(), starts.tolist(), ends.tolist()))]
+
+    def _write_metrics(self, prepared: PreparedCheckpoint, committed_at: float) -> None:
+        path = self.cfg.metrics_path
+        assert path is not None
+        ckpt = prepared.ckpt
+        line = {"committed_at": committed_at, "checkpoint_s": committed_at - prepared.prepared_at,
+                "first_fetch": prepared.first_fetch, "first_fetch_cpu_s": prepared.first_fetch_cpu,
+                "cpu_s": time.process_time(), "n_events": ckpt.n_events,
+                "offsets": {str(p): end for p, (_, end) in ckpt.offsets.items()}}
+        with open(path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+        if prepared.lags:
+            produced = np.concatenate(prepared.lags)
+            rows = np.stack([produced, committed_at - produced], axis=1)  # (n, 2) float64
+            with open(f"{path}.lags", "ab") as f:
+                f.write(rows.astype("<f8").tobytes())

@@ -1,0 +1,221 @@
+"""Users' recent windows and the streaming partner sampler, vectorised over a micro-batch.
+
+Pure numpy (no Kafka, no SQL). For a batch of events in arrival order, each user's events are
+laid out after the user's stored window in one flat "context" array; the s-th most recent item
+before an event is then `context[flat_index - s]`, whatever mix of stored and in-batch items that
+is. Partners are chosen by `g2rec.graph.partner_slots`, the same counter-based sampler the batch
+builder uses, keyed by (seed, raw user id, position, slot), so any grouping of the same events
+into batches (or into workers) yields identical increments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from g2rec.graph import GraphConfig, partner_slots
+
+_PAD = -1
+
+
+@dataclass(frozen=True)
+class WindowTable:
+    """Windows of several users, ragged: user k's items are flat[ptr[k]:ptr[k+1]], oldest first.
+
+    users, positions: (U,) int64 raw user ids and their event counts so far.
+    ptr: (U+1,) int64.  flat: (sum of lengths,) int64 raw item ids.
+    """
+
+    users: np.ndarray
+    positions: np.ndarray
+    ptr: np.ndarray
+    flat: np.ndarray
+
+    @staticmethod
+    def empty() -> WindowTable:
+        z = np.zeros(0, dtype=np.int64)
+        return WindowTable(z, z, np.zeros(1, dtype=np.int64), z)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+@dataclass(frozen=True)
+class BatchContext:
+    """One batch laid out per user. All per-event arrays are in user-grouped order.
+
+    order:     (B,) permutation from arrival order to grouped order (stable within a user).
+    users:     (B,) raw user id per event.  items: (B,) raw item id per event.
+    positions: (B,) 0-based position of the event in its user's whole history.
+    flat:      (B,) index of the event in `context`.
+    context:   (C,) stored windows followed by in-batch items, per user, oldest first.
+    rows:      (G,) window rows of the distinct users in the batch.
+    """
+
+    order: np.ndarray
+    users: np.ndarray
+    items: np.ndarray
+    positions: np.ndarray
+    flat: np.ndarray
+    context: np.ndarray
+    rows: np.ndarray
+
+
+class UserWindows:
+    """Each user's event count and last `window` items, for the users of some partitions.
+
+    Row r: users[r] (raw id), positions[r] events seen, items[r, W-L:] the last L = min(positions, W)
+    items oldest first (left-padded with -1), partition[r] the input partition the user arrives on.
+    """
+
+    def __init__(self, window: int, capacity: int = 1024) -> None:
+        if window < 1:
+            raise ValueError(f"window={window} must be >= 1")
+        self.window = window
+        self._row: dict[int, int] = {}
+        self.users = np.zeros(capacity, dtype=np.int64)
+        self.positions = np.zeros(capacity, dtype=np.int64)
+        self.partition = np.zeros(capacity, dtype=np.int64)
+        self.items = np.full((capacity, window), _PAD, dtype=np.int64)
+        self.n = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _grow(self, need: int) -> None:
+        cap = len(self.users)
+        if need <= cap:
+            return
+        new = max(need, 2 * cap)
+        self.users = np.resize(self.users, new)
+        self.positions = np.resize(self.positions, new)
+        self.partition = np.resize(self.partition, new)
+        items = np.full((new, self.window), _PAD, dtype=np.int64)
+        items[:cap] = self.items
+        self.items = items
+
+    def rows_for(self, users: np.ndarray, partition: int) -> np.ndarray:
+        """(B,) rows of these raw user ids, creating empty rows for new users."""
+        get = self._row.get
+        rows = np.fromiter((get(u, -1) for u in users.tolist()), dtype=np.int64, count=len(users))
+        missing = rows < 0
+        if missing.any():
+            new_users = np.unique(users[missing])
+            start = self.n
+            self._grow(start + len(new_users))
+            sl = slice(start, start + len(new_users))
+            self.users[sl] = new_users
+            self.positions[sl] = 0
+            self.partition[sl] = partition
+            self.items[sl] = _PAD
+            self.n += len(new_users)
+            self._row.update(zip(new_users.tolist(), range(start, self.n)))
+            rows[missing] = [self._row[u] for u in users[missing].tolist()]
+        return rows
+
+    def drop_partitions(self, partitions: set[int]) -> None:
+        """Forget every user of these partitions (they were revoked from this worker)."""
+        keep = ~np.isin(self.partition[: self.n], list(partitions))
+        n = int(keep.sum())
+        self.users[:n] = self.users[: self.n][keep]
+        self.positions[:n] = self.positions[: self.n][keep]
+        self.partition[:n] = self.partition[: self.n][keep]
+        self.items[:n] = self.items[: self.n][keep]
+        self.n = n
+        self._row = dict(zip(self.users[:n].tolist(), range(n)))
+
+    def export(self, rows: np.ndarray | None = None) -> WindowTable:
+        """The windows of these rows (all rows when None) as a ragged table."""
+        rows = np.arange(self.n) if rows is None else np.asarray(rows, dtype=np.int64)
+        lengths = np.minimum(self.positions[rows], self.window)
+        ptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        block = self.items[rows]
+        mask = np.arange(self.window)[None, :] >= (self.window - lengths)[:, None]
+        return WindowTable(self.users[rows].copy(), self.positions[rows].copy(), ptr, block[mask])
+
+    def load(self, table: WindowTable, partition: int) -> None:
+        """Set these users' windows (replacing any rows they already have)."""
+        if len(table) == 0:
+            return
+        rows = self.rows_for(table.users, partition)
+        lengths = np.diff(table.ptr)
+        if (lengths > self.window).any() or (lengths > table.positions).any():
+            raise ValueError(f"window table has rows longer than window={self.window} or than their positions")
+        self.positions[rows] = table.positions
+        self.partition[rows] = partition
+        block = np.full((len(rows), self.window), _PAD, dtype=np.int64)
+        mask = np.arange(self.window)[None, :] >= (self.window - lengths)[:, None]
+        block[mask] = table.flat
+        self.items[rows] = block
+
+    def extend(self, users: np.ndarray, items: np.ndarray, partition: int) -> BatchContext:
+        """Append a batch of events (arrival order) to the users' windows; return its layout."""
+        users = np.asarray(users, dtype=np.int64)
+        items = np.asarray(items, dtype=np.int64)
+        if users.shape != items.shape or users.ndim != 1:
+            raise ValueError(f"users {users.shape} and items {items.shape} must be 1-d of one length")
+        W = self.window
+        rows = self.rows_for(users, partition)
+        order = np.argsort(rows, kind="stable")
+        r_sorted = rows[order]
+        B = len(order)
+        if B == 0:
+            z = np.zeros(0, dtype=np.int64)
+            return BatchContext(order, z, z, z, z, z, z)
+        first = np.concatenate([[True], r_sorted[1:] != r_sorted[:-1]])
+        starts = np.flatnonzero(first)
+        uniq = r_sorted[starts]  # (G,)
+        n_g = np.diff(np.append(starts, B))  # (G,)
+        g = np.cumsum(first) - 1  # (B,) group of each event
+        t = np.arange(B) - starts[g]  # (B,) index within the user's batch events
+        old_pos = self.positions[uniq]
+        old_len = np.minimum(old_pos, W)
+        seg_len = old_len + n_g
+        ptr = np.concatenate([[0], np.cumsum(seg_len)[:-1]])
+        context = np.empty(int(seg_len.sum()), dtype=np.int64)
+        cols = np.arange(W)[None, :]
+        stored = cols >= (W - old_len)[:, None]  # (G, W)
+        dest = ptr[:, None] + cols - (W - old_len)[:, None]
+        context[dest[stored]] = self.items[uniq][stored]
+        flat = ptr[g] + old_len[g] + t
+        items_sorted = items[order]
+        context[flat] = items_sorted
+        # The new window is the last W entries of each user's segment.
+        src = ptr[:, None] + seg_len[:, None] - W + cols
+        valid = src >= ptr[:, None]
+        self.items[uniq] = np.where(valid, context[np.maximum(src, 0)], _PAD)
+        self.positions[uniq] = old_pos + n_g
+        return BatchContext(order=order, users=users[order], items=items_sorted,
+                            positions=old_pos[g] + t, flat=flat, context=context, rows=uniq)
+
+
+def sample_increments(
+    ctx: BatchContext, cfg: GraphConfig, r: int, event_weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The batch's co-engagement increments, exactly as `g2rec.graph.event_partners` makes them.
+
+    event_weights: (B,) per-event factor in grouped order (event weight, decay boost), or None.
+    Returns (item, partner, weight, event) with event the grouped index of the event each
+    increment came from; pairs with item == partner are dropped.
+    """
+    n_cand = np.minimum(ctx.positions, cfg.window)
+    slots = partner_slots(cfg.seed, ctx.users, ctx.positions, n_cand, r)  # (B, r)
+    event, col = np.nonzero(slots > 0)
+    s = slots[event, col]
+    item = ctx.items[event]
+    partner = ctx.context[ctx.flat[event] - s]
+    weight = cfg.decay ** (s - 1).astype(np.float64)
+    if event_weights is not None:
+        weight = weight * event_weights[event]
+    keep = item != partner
+    return item[keep], partner[keep], weight[keep], event[keep]
+
+
+def fold_histories(base: WindowTable, users: np.ndarray, items: np.ndarray, window: int) -> WindowTable:
+    """Windows after appending events (users[k], items[k]) in order to `base` (no sampling)."""
+    state = UserWindows(window, capacity=max(len(base), 16))
+    state.load(base, partition=0)
+    if len(users):
+        state.extend(users, items, partition=0)
+    return state.export()

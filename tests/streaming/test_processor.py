@@ -1,0 +1,207 @@
+"""The worker's state machine and store without Kafka: crash recovery, fencing, compaction, sinks."""
+
+import numpy as np
+import pytest
+
+from g2rec.graph import GraphConfig, resample_snapshot
+from streaming.config import StreamConfig
+from streaming.models import encode_event
+from streaming.processor import StreamProcessor
+from streaming.sink import MemorySink, make_sink
+from streaming.snapshots import dense_counts, read_snapshot, take_snapshot
+from streaming.store import ConfigMismatch, StaleOffsets, StateStore
+from tests.streaming.conftest import assert_counts_equal, batch_counts
+
+N_PARTITIONS = 3
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return StreamConfig(data_dir=str(tmp_path), graph=GraphConfig(r=5, window=6, seed=11),
+                        checkpoint_events=10**9, checkpoint_interval_s=1e9)
+
+
+@pytest.fixture
+def events():
+    rng = np.random.default_rng(0)
+    n = 3000
+    users = rng.integers(0, 60, n) * 3 + 1
+    items = rng.integers(0, 80, n) * 2 + 5
+    times = np.sort(rng.integers(1_600_000_000, 1_600_100_000, n))
+    values = [encode_event(f"e{k}", u, i, t) for k, (u, i, t) in enumerate(zip(users.tolist(), items.tolist(), times.tolist()))]
+    partitions = (users // 3) % N_PARTITIONS
+    return users, items, times, values, partitions
+
+
+def _feed(proc, values, partitions, upto: dict[int, int], chunk=97):
+    """Feed each partition's records from the processor's next offset up to upto[p]."""
+    logs = {p: [values[k] for k in np.flatnonzero(partitions == p)] for p in range(N_PARTITIONS)}
+    for p in sorted(proc.owned):
+        start = proc.next_offset[p]
+        for lo in range(start, upto[p], chunk):
+            hi = min(lo + chunk, upto[p])
+            proc.process(p, list(range(lo, hi)), logs[p][lo:hi])
+
+
+def _ends(partitions):
+    return {p: int((partitions == p).sum()) for p in range(N_PARTITIONS)}
+
+
+def test_resume_after_crash_counts_each_event_once(cfg, events):
+    users, items, times, values, partitions = events
+    ends = _ends(partitions)
+    store = StateStore(cfg.store)
+    first = StreamProcessor(cfg, store)
+    for p in range(N_PARTITIONS):
+        first.assign(p, 0)
+    _feed(first, values, partitions, {p: e // 3 for p, e in ends.items()})
+    first.checkpoint()
+    _feed(first, values, partitions, {p: 2 * e // 3 for p, e in ends.items()})
+    del first  # crash: the second third was applied in memory but never committed
+
+    second = StreamProcessor(cfg, StateStore(cfg.store))
+    seek = {p: second.assign(p, 0) for p in range(N_PARTITIONS)}
+    assert seek == {p: e // 3 for p, e in ends.items()}
+    _feed(second, values, partitions, ends)
+    second.checkpoint()
+    state = store.committed(cfg.topics.events)
+    assert state.n_events == len(values)
+    assert state.offsets == ends
+    assert_counts_equal(state.counts, batch_counts(users, items, times, cfg.graph))
+
+
+def test_records_below_the_committed_offset_are_skipped(cfg, events):
+    users, items, times, values, partitions = events
+    proc = StreamProcessor(cfg, StateStore(cfg.store))
+    for p in range(N_PARTITIONS):
+        proc.assign(p, 0)
+    _feed(proc, values, partitions, _ends(partitions))
+    logs = [values[k] for k in np.flatnonzero(partitions == 0)]
+    proc.process(0, list(range(len(logs))), logs)  # a redelivery of the whole partition
+    proc.checkpoint()
+    state = proc.store.committed(cfg.topics.events)
+    assert state.n_events == len(values)
+    assert_counts_equal(state.counts, batch_counts(users, items, times, cfg.graph))
+
+
+def test_a_fenced_off_worker_commits_nothing(cfg, events):
+    _, _, _, values, partitions = events
+    store = StateStore(cfg.store)
+    zombie, owner = StreamProcessor(cfg, store), StreamProcessor(cfg, store)
+    zombie.assign(0, 0)
+    owner.assign(0, 0)
+    upto = {0: 100, 1: 0, 2: 0}
+    _feed(owner, values, partitions, upto)
+    owner.checkpoint()
+    before = store.committed(cfg.topics.events)
+    _feed(zombie, values, partitions, {0: 150, 1: 0, 2: 0})
+    with pytest.raises(StaleOffsets) as err:
+        zombie.checkpoint()
+    assert err.value.partitions == [0]
+    after = store.committed(cfg.topics.events)
+    assert after.n_events == before.n_events == 100 and after.offsets == {0: 100}
+    assert zombie.reset() == {0: 100}  # resumes where the real owner committed
+
+
+def test_compaction_keeps_counts_and_windows(cfg, events):
+    users, items, times, values, partitions = events
+    store = StateStore(cfg.store)
+    proc = StreamProcessor(cfg, store)
+    for p in range(N_PARTITIONS):
+        proc.assign(p, 0)
+    ends = _ends(partitions)
+    for frac in (0.25, 0.5, 1.0):
+        _feed(proc, values, partitions, {p: int(e * frac) for p, e in ends.items()})
+        proc.checkpoint()
+    windows_before = [store.load_windows(cfg.topics.events, p, cfg.graph.window) for p in range(N_PARTITIONS)]
+    store.compact(cfg.topics.events, cfg.graph.window)
+    state = store.committed(cfg.topics.events)
+    assert state.n_events == len(values)
+    assert_counts_equal(state.counts, batch_counts(users, items, times, cfg.graph))
+    for p, before in enumerate(windows_before):
+        after = store.load_windows(cfg.topics.events, p, cfg.graph.window)
+        for field in ("users", "positions", "ptr", "flat"):
+            assert np.array_equal(getattr(before, field), getattr(after, field))
+
+
+def test_store_refuses_a_worker_with_other_sampling_settings(cfg):
+    StreamProcessor(cfg, StateStore(cfg.store))
+    other = StreamConfig(data_dir=cfg.data_dir, graph=GraphConfig(r=6, window=6, seed=11))
+    with pytest.raises(ConfigMismatch, match="r"):
+        StreamProcessor(other, StateStore(other.store))
+
+
+def test_snapshot_is_the_resampled_committed_counts(cfg, events):
+    users, items, times, values, partitions = events
+    store = StateStore(cfg.store)
+    proc = StreamProcessor(cfg, store)
+    for p in range(N_PARTITIONS):
+        proc.assign(p, 0)
+    _feed(proc, values, partitions, _ends(partitions))
+    proc.checkpoint()
+    info = take_snapshot(store, cfg)
+    assert info is not None and info.n_events == len(values) and info.offsets == _ends(partitions)
+    snap = read_snapshot(info.path, info.snapshot_id)
+    counts, item_ids = dense_counts(store.committed(cfg.topics.events), cfg)
+    want = resample_snapshot(counts, item_ids, cfg.graph, len(values), info.snapshot_id)
+    for field in ("src", "dst", "weight", "item_ids"):
+        assert np.array_equal(getattr(snap, field), getattr(want, field))
+    assert set(item_ids[1:].tolist()) == set(items.tolist())
+    assert store.snapshots()[-1]["n_edges"] == snap.n_edges
+    assert take_snapshot(store, cfg) is None  # nothing new committed
+
+
+def test_sink_gets_each_touched_users_new_events_and_window_before_the_commit(cfg, events):
+    users, items, times, values, partitions = events
+    sink = RecordingSink()
+    proc = StreamProcessor(cfg, StateStore(cfg.store), sink)
+    for p in range(N_PARTITIONS):
+        proc.assign(p, 0)
+    ends = _ends(partitions)
+    _feed(proc, values, partitions, {p: e // 2 for p, e in ends.items()})
+    proc.checkpoint()
+    _feed(proc, values, partitions, ends)
+    proc.checkpoint()
+    assert len(sink.calls) == 2
+    for u in users[:5].tolist():
+        mine = np.flatnonzero(users == u)
+        pushed = [x for call in sink.calls for x in call if x.user_id == u]
+        assert np.concatenate([x.item_ids for x in pushed]).tolist() == items[mine].tolist()
+        assert np.concatenate([x.timestamps for x in pushed]).tolist() == times[mine].tolist()
+        assert pushed[-1].position == len(mine)
+        assert pushed[-1].window.tolist() == items[mine][-cfg.graph.window:].tolist()
+
+
+class RecordingSink:
+    def __init__(self):
+        self.calls = []
+
+    def write(self, updates):
+        self.calls.append(updates)
+
+
+def test_sinks_are_picked_by_name_or_import_path(tmp_path):
+    assert type(make_sink("none")).__name__ == "NoopSink"
+    assert isinstance(make_sink("streaming.sink:MemorySink"), MemorySink)
+    assert make_sink("jsonl", {"path": str(tmp_path / "h.jsonl")}).path.endswith("h.jsonl")
+    with pytest.raises(ValueError, match="unknown sink 'feest'"):
+        make_sink("feest")
+    with pytest.raises(ValueError, match="bad sink_options"):
+        make_sink("memory", {"colour": "red"})
+
+
+def test_revoking_needs_a_checkpoint_and_then_forgets_the_partition(cfg, events):
+    _, _, _, values, partitions = events
+    proc = StreamProcessor(cfg, StateStore(cfg.store))
+    for p in range(N_PARTITIONS):
+        proc.assign(p, 0)
+    _feed(proc, values, partitions, {0: 50, 1: 50, 2: 50})
+    with pytest.raises(RuntimeError, match="checkpoint first"):
+        proc.revoke({1})
+    proc.checkpoint()
+    proc.revoke({1})
+    assert proc.owned == {0, 2}
+    assert set((proc.windows.export().users // 3 % N_PARTITIONS).tolist()) == {0, 2}
+    with pytest.raises(ValueError, match="not owned"):
+        proc.process(1, [50], [values[0]])
+    assert proc.assign(1, 0) == 50  # taking it back resumes at its committed offset
