@@ -204,22 +204,20 @@ class G2RecModel(nn.Module):
         tok = TokenBatch(*(t[:, :-1] for t in (tok.kind, tok.item, tok.clusters, tok.weights, tok.pos)))
         h = self.encode(tok)  # (B, 2T+1, C)
         at_interest = tok.kind == INTEREST
-        item_loss = self.item_loss(h[at_interest], tok.item[at_interest])
+        h_items, y_items = h[at_interest], tok.item[at_interest]  # at an interest token: its own item
         # At item token t the target is the interest token t+1 (always present: the last token is one).
-        at_item = tok.kind == ITEM
-        nxt_cl = tok.clusters[:, 1:][at_item[:, :-1]]  # (P, rho)
-        nxt_w = tok.weights[:, 1:][at_item[:, :-1]]
-        logp = F.log_softmax(h[:, :-1][at_item[:, :-1]] @ self.cluster_emb.weight.t(), dim=-1)  # (P, K)
-        interest_loss = -(logp.gather(1, nxt_cl) * nxt_w).sum(1).mean()
-        total = item_loss + self.cfg.interest_loss_weight * interest_loss
-        parts = {"item": item_loss.item(), "interest": interest_loss.item()}
+        at_item = (tok.kind == ITEM)[:, :-1]
+        h_at_item = h[:, :-1][at_item]  # (P, C)
+        logp = F.log_softmax(h_at_item @ self.cluster_emb.weight.t(), dim=-1)  # (P, K)
+        interest_loss = -(logp.gather(1, tok.clusters[:, 1:][at_item]) * tok.weights[:, 1:][at_item]).sum(1).mean()
         if self.cfg.direct_weight > 0:
-            # The next item straight from an item token (the items-mode objective), same head.
-            h_item = h[:, :-1][at_item[:, :-1]]
-            direct = self.item_loss(h_item, seqs[:, 1:][seqs[:, :-1] > 0])
-            total = total + direct
-            parts["direct"] = direct.item()
-        return total, parts
+            # Also the next item straight from each item token (the items-mode objective); one
+            # sampled softmax call serves both, so the negatives are shared.
+            h_items = torch.cat([h_items, h_at_item])
+            y_items = torch.cat([y_items, seqs[:, 1:][seqs[:, :-1] > 0]])
+        item_loss = self.item_loss(h_items, y_items)
+        total = item_loss + self.cfg.interest_loss_weight * interest_loss
+        return total, {"item": item_loss.item(), "interest": interest_loss.item()}
 
     # ---- inference ---------------------------------------------------------------------------
     @torch.no_grad()

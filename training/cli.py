@@ -82,26 +82,28 @@ def evaluate(run_dir):
 
 @click.command()
 @click.option("--dataset", default="beauty", show_default=True)
+@click.option("--models", default="items,g2rec", show_default=True, help="comma-separated: items, g2rec")
 @click.option("--minutes", type=float, default=None, help="wall-clock cap on each model's training")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
-def demo(dataset, minutes, out):
-    """The offline pipeline end to end: load, train, evaluate, show a few users' top-10."""
+def demo(dataset, models, minutes, out):
+    """The offline pipeline end to end: load, (cluster,) train, evaluate, show a few users' top-10."""
     import torch
 
-    from training.pipeline import RunResult
-
-    cfg = _config(dataset, None, None, "items", None, None, 0, minutes)
-    click.echo(f"g2rec demo: dataset {dataset}, items-only model, run directory {out}")
-    res: RunResult = run(cfg, Path(out) / "items")
-    click.echo(metrics_table({"items (test)": res.metrics["test"]}))
-    split, model = res.split, res.model
-    hist = split.inputs("test")[:3]
     from g2rec.train import pad_left
 
+    rows, res = {}, None
+    for model in [m.strip() for m in models.split(",") if m.strip()]:
+        cfg = _config(dataset, None, None, model, None, None, 0, minutes)
+        click.echo(f"g2rec demo: dataset {dataset}, model {model} -> {out}/{model}")
+        res = run(cfg, Path(out) / model)
+        rows[f"{model} (test)"] = res.metrics["test"]
+    click.echo(metrics_table(rows))
+    split, model = res.split, res.model
+    hist = split.inputs("test")[:3]
     scores = model.score(pad_left(hist, model.cfg.max_len))
     for row, h in enumerate(hist):
         scores[row, torch.as_tensor(h)] = -torch.inf
     top = scores.topk(10, dim=1).indices.numpy()
     ids = split.full.item_ids
     for row, u in enumerate(split.users[:3]):
-        click.echo(f"user {split.full.user_ids[u]}: last items {list(ids[hist[row][-5:]])} -> top-10 {list(ids[top[row]])}")
+        click.echo(f"user {split.full.user_ids[u]} ({model.cfg.mode}): recent {list(ids[hist[row][-5:]])} -> top-10 {list(ids[top[row]])}")
