@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 system-deps:
-	bash infra/system-deps.sh
+	bash infra/system-deps.sh redis-server postgresql
 
 demo: $(STAMP)
 	.venv/bin/g2rec demo

@@ -1,0 +1,1 @@
+"""The Feast feature store: definitions, publishing, lookups and the stream sink (see README.md)."""

@@ -1,0 +1,42 @@
+"""Data sources. Streamed and published data arrive through PushSources; each has a parquet
+FileSource behind it for the file offline store (paths relative to the repo root, under data/).
+"""
+
+from feast import FileSource, PushSource
+
+item_interest_profile_file = FileSource(
+    name="item_interest_profile_file",
+    path="data/offline/item_interest_profile.parquet",
+    timestamp_field="event_timestamp",
+    description="Every published profile version, one row per (item, version).",
+)
+item_interest_profile_push = PushSource(
+    name="item_interest_profile_push",
+    batch_source=item_interest_profile_file,
+    description="Profile rows written by features/publish.py (or pushed by hand).",
+)
+
+cluster_prototype_file = FileSource(
+    name="cluster_prototype_file",
+    path="data/offline/cluster_prototype.parquet",
+    timestamp_field="event_timestamp",
+)
+cluster_prototype_push = PushSource(name="cluster_prototype_push", batch_source=cluster_prototype_file)
+
+version_pointer_file = FileSource(
+    name="version_pointer_file",
+    path="data/offline/version_pointer.parquet",
+    timestamp_field="event_timestamp",
+)
+version_pointer_push = PushSource(name="version_pointer_push", batch_source=version_pointer_file)
+
+user_history_file = FileSource(
+    name="user_history_file",
+    path="data/offline/user_recent_history.parquet",
+    timestamp_field="event_timestamp",
+)
+user_history_push = PushSource(
+    name="user_history_push",
+    batch_source=user_history_file,
+    description="Recent histories written by the stream worker's sink (features/sink.py).",
+)

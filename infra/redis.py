@@ -1,0 +1,161 @@
+"""A real Redis on 127.0.0.1 for development and tests: Debian's redis-server.
+
+Install with `make system-deps` (apt package redis-server). The server runs in the foreground of
+its own session (no daemonize), without persistence (--save "" --appendonly no): it is an online
+feature cache, and tests want a clean one each time. Stopped by pid.
+
+Command line:
+    python -m infra.redis start --pidfile .run/redis.pid [--port 6379]
+    python -m infra.redis stop --pidfile .run/redis.pid
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+
+class ServerError(RuntimeError):
+    """A development server could not be found, started or reached."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listening(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child still answers kill(0); reap it if it is ours
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def stop(pid: int, timeout_s: float = 10.0) -> None:
+    """SIGTERM the process, then SIGKILL if it has not exited within timeout_s."""
+    if not alive(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+
+
+def redis_binary() -> Path:
+    """$G2REC_REDIS_SERVER, else redis-server on PATH, else Debian's /usr/bin/redis-server."""
+    override = os.environ.get("G2REC_REDIS_SERVER")
+    found = override or shutil.which("redis-server") or "/usr/bin/redis-server"
+    path = Path(found)
+    if not path.is_file() or not os.access(path, os.X_OK):
+        raise ServerError(f"no redis-server at {path}; install it with `make system-deps` "
+                          "(Debian package redis-server)")
+    return path
+
+
+@dataclass(frozen=True)
+class RedisServer:
+    pid: int
+    port: int
+    dir: Path
+
+    @property
+    def address(self) -> str:
+        """host:port, the form Feast's connection_string takes."""
+        return f"127.0.0.1:{self.port}"
+
+
+def start(port: int | None = None, data_dir: str | os.PathLike | None = None,
+          ready_timeout_s: float = 15.0) -> RedisServer:
+    """Start redis-server on 127.0.0.1:port (a free port when None) and wait for PING."""
+    binary = redis_binary()
+    port = port or free_port()
+    if listening(port):
+        raise ServerError(f"port {port} on 127.0.0.1 is already in use")
+    data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="g2rec-redis-"))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / f"redis-{port}.log"
+    cmd = [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--protected-mode", "yes",
+           "--save", "", "--appendonly", "no", "--dir", str(data_dir), "--daemonize", "no",
+           "--logfile", str(log_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    server = RedisServer(pid=proc.pid, port=port, dir=data_dir)
+    deadline = time.monotonic() + ready_timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServerError(f"redis-server exited with code {proc.returncode}; see {log_path}")
+        if listening(port) and _ping(port):
+            return server
+        time.sleep(0.05)
+    stop(proc.pid)
+    raise ServerError(f"redis-server did not answer on {server.address} within {ready_timeout_s}s; see {log_path}")
+
+
+def _ping(port: int) -> bool:
+    import redis
+
+    try:
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1.0)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except redis.RedisError:
+        return False
+
+
+@click.group()
+def main() -> None:
+    """Start and stop a development Redis (Debian's redis-server) on 127.0.0.1."""
+
+
+@main.command("start")
+@click.option("--port", type=int, default=None, help="Loopback port (default: a free one).")
+@click.option("--pidfile", type=click.Path(dir_okay=False), required=True)
+@click.option("--dir", "data_dir", type=click.Path(file_okay=False), default=None)
+def start_cmd(port: int | None, pidfile: str, data_dir: str | None) -> None:
+    server = start(port, data_dir)
+    Path(pidfile).parent.mkdir(parents=True, exist_ok=True)
+    Path(pidfile).write_text(f"{server.pid}\n")
+    click.echo(f"redis-server pid={server.pid} address={server.address} dir={server.dir}")
+
+
+@main.command("stop")
+@click.option("--pidfile", type=click.Path(dir_okay=False, exists=True), required=True)
+def stop_cmd(pidfile: str) -> None:
+    text = Path(pidfile).read_text().strip()
+    if not text.isdigit():
+        raise click.ClickException(f"{pidfile}: expected a pid, found {text!r}")
+    stop(int(text))
+    Path(pidfile).unlink()
+
+
+if __name__ == "__main__":
+    main()
