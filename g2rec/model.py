@@ -36,6 +36,7 @@ class ModelConfig:
     top_b: int = 4  # interests marginalised at inference
     interest_loss_weight: float = 1.0
     hard_tokens: bool = False  # embed interest tokens by their primary cluster only
+    input_norm: bool = True  # LayerNorm on the summed input embeddings (as SASRec does)
     positions: str = "end"  # pair index counted from the most recent ("end") or the oldest ("start") token
     direct_weight: float = 0.0  # g2rec: weight of the direct next-item head (trained at item tokens) in the score mixture
     n_negatives: int = 0  # 0: full softmax; else sampled softmax with this many shared negatives
@@ -99,6 +100,7 @@ class G2RecModel(nn.Module):
         self.item_emb = nn.Embedding(cfg.n_items + 1, cfg.d_model, padding_idx=0)
         self.pos_emb = nn.Embedding(cfg.max_len + 1, cfg.d_model)
         self.kind_emb = nn.Embedding(3, cfg.d_model)
+        self.ln_in = nn.LayerNorm(cfg.d_model) if cfg.input_norm else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
         self.ln_f = nn.LayerNorm(cfg.d_model)
@@ -162,7 +164,7 @@ class G2RecModel(nn.Module):
         else:
             pos = tok.pos
         x = x + self.pos_emb(pos.clamp(max=self.cfg.max_len)) + self.kind_emb(tok.kind)
-        x = self.drop(x)
+        x = self.drop(self.ln_in(x))
         valid = tok.kind != PAD  # (B, L)
         causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
         eye = torch.eye(L, dtype=torch.bool, device=x.device)

@@ -89,7 +89,7 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--snapshot-interval", "snapshot_interval_s", type=float, default=None)
 @click.option("--session-timeout", "session_timeout_s", type=float, default=None)
 @click.option("--max-batch", type=int, default=None)
-@click.option("--sink", default=None, help="History sink: none, memory, jsonl, or package.module:factory.")
+@click.option("--sink", default=None, help="History sink: none, memory, jsonl, feast, or package.module:factory.")
 @click.option("--sink-option", "sink_options", multiple=True, help="KEY=VALUE passed to the sink factory.")
 @click.option("--metrics-path", type=click.Path(dir_okay=False), default=None)
 @click.option("--log-level", default="info", show_default=True,

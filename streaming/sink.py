@@ -82,6 +82,7 @@ SINKS: dict[str, str] = {
     "none": "streaming.sink:NoopSink",
     "memory": "streaming.sink:MemorySink",
     "jsonl": "streaming.sink:JsonLinesSink",
+    "feast": "features.sink:open_sink",
 }
 
 
