@@ -52,14 +52,10 @@ def summarise(runs: list[dict]) -> dict:
     }
 
 
-def quality(dataset: str, models: list[str], seeds: int, minutes: float | None, overrides: dict | None = None) -> dict:
+def quality(dataset: str, models: list[str], seeds: int, minutes: float | None, threads: int) -> dict:
     results, configs = {}, {}
     for model in models:
-        cfg = preset(dataset, model)
-        if overrides:
-            cfg = replace(cfg, model={**cfg.model, **overrides.get("model", {})},
-                          cluster={**cfg.cluster, **overrides.get("cluster", {})},
-                          graph={**cfg.graph, **overrides.get("graph", {})})
+        cfg = replace(preset(dataset, model), threads=threads)
         if minutes is not None:
             cfg = replace(cfg, train=replace(cfg.train, max_minutes=minutes))
         runs = []
@@ -79,14 +75,20 @@ def quality(dataset: str, models: list[str], seeds: int, minutes: float | None, 
 @click.option("--models", default="items,g2rec", show_default=True, help="comma-separated: items, g2rec")
 @click.option("--seeds", type=int, default=3, show_default=True)
 @click.option("--minutes", type=float, default=None, help="override the per-run training time cap")
+@click.option("--threads", type=int, default=2, show_default=True, help="torch threads (1 on a busy machine)")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="default bench/results/quality-<dataset>.json")
-def command(dataset, models, seeds, minutes, out):
+def command(dataset, models, seeds, minutes, threads, out):
     """Test metrics of each model over seeds, side by side in one run."""
     t0 = time.time()
-    report = quality(dataset, [m.strip() for m in models.split(",") if m.strip()], seeds, minutes)
+    report = quality(dataset, [m.strip() for m in models.split(",") if m.strip()], seeds, minutes, threads)
     report["wall_seconds"] = time.time() - t0
     path = Path(out) if out else RESULTS / f"quality-{dataset}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_file():  # models benchmarked in separate runs land in one file
+        old = json.loads(path.read_text())
+        if old.get("dataset") == dataset:
+            report["results"] = {**old.get("results", {}), **report["results"]}
+            report["configs"] = {**old.get("configs", {}), **report["configs"]}
     path.write_text(json.dumps(report, indent=2))
     for model, r in report["results"].items():
         click.echo(f"{model:>8}: NDCG@10 {r['ndcg@10']:.4f}±{r['std']['ndcg@10']:.4f}  Recall@10 {r['recall@10']:.4f}  "
@@ -112,7 +114,8 @@ TOP_B = (1, 2, 4, 8)
 @click.option("--dataset", default="beauty", show_default=True)
 @click.option("--minutes", type=float, default=6.0, show_default=True, help="training cap per variant")
 @click.option("--only", default=None, help="comma-separated labels to run (default: all)")
-def ablation(dataset, minutes, only):
+@click.option("--threads", type=int, default=2, show_default=True)
+def ablation(dataset, minutes, only, threads):
     """G2Rec variants (rho, K, soft/hard tokens, sampling constant c, B), one seed each, side by side."""
     from training.pipeline import PipelineConfig
     from g2rec.train import evaluate
@@ -129,6 +132,7 @@ def ablation(dataset, minutes, only):
         for part, values in over.items():
             base[part] = {**base[part], **values}
         base["train"]["max_minutes"] = minutes
+        base["threads"] = threads
         res = run(PipelineConfig.from_dict(base))
         entry = {"valid_ndcg@10": res.metrics["valid"]["masked"]["ndcg@10"], "test": res.metrics["test"]["masked"],
                  "test_unmasked": res.metrics["test"]["unmasked"], "train_seconds": res.metrics["train_seconds"],

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +108,8 @@ def run(cfg: PipelineConfig, out: Path | None = None, data: Interactions | None 
         model.set_profiles(profiles.clusters, profiles.weights)
     model.set_item_counts(np.bincount(split.train.items, minlength=data.n_items + 1))
     result = fit(model, split, cfg.train)
+    if model_cfg.mode == "g2rec" and model_cfg.direct_weight > 0:
+        info["direct_weight_search"] = choose_direct_weight(model, split, result.best_valid["ndcg@10"])
     metrics = {
         "dataset": data.name,
         "users_evaluated": int(len(split.users)),
@@ -124,6 +126,23 @@ def run(cfg: PipelineConfig, out: Path | None = None, data: Interactions | None 
     if out is not None:
         save_run(out, cfg, model, profiles, metrics, data.item_ids)
     return RunResult(model, split, profiles, metrics)
+
+
+DIRECT_WEIGHTS = (0.3, 0.5, 0.7, 0.9)
+
+
+def choose_direct_weight(model: G2RecModel, split: LooSplit, trained_ndcg: float) -> dict[str, float]:
+    """Pick the score mixture weight of the direct head on VALIDATION NDCG@10 (inference only:
+    training does not depend on it). Leaves the model set to the winner; returns the search."""
+    trained = model.cfg.direct_weight
+    search = {str(trained): trained_ndcg}
+    for w in DIRECT_WEIGHTS:
+        if w != trained:
+            model.cfg = replace(model.cfg, direct_weight=w)
+            search[str(w)] = evaluate(model, split, "valid")["masked"]["ndcg@10"]
+    best = max(search, key=search.get)
+    model.cfg = replace(model.cfg, direct_weight=float(best))
+    return search
 
 
 def save_run(out: Path, cfg: PipelineConfig, model: G2RecModel, profiles: InterestProfiles | None, metrics: dict,

@@ -14,7 +14,7 @@ SMALL = {"d_model": 32, "n_layers": 1, "n_heads": 2, "dropout": 0.1, "max_len": 
 def config(mode: str, **cluster) -> PipelineConfig:
     return PipelineConfig(
         data=DataSource("synth"),
-        model={**SMALL, "mode": mode},
+        model={**SMALL, "mode": mode, **({"direct_weight": 0.5} if mode == "g2rec" else {})},
         train=TrainConfig(epochs=30, batch_size=128, lr=3e-3, eval_every=3, patience=3, progress=False),
         cluster={"n_clusters": 8, "rho": 2, "iters": 60, **cluster},
         threads=1,
@@ -53,3 +53,5 @@ def test_g2rec_recovers_planted_interests_end_to_end(data, tmp_path):
     assert nmi(primary, planted[1:]) > 0.6
     assert res.metrics["test"]["masked"]["ndcg@10"] > 0.05
     assert (tmp_path / "g2rec" / "profiles.npz").is_file()
+    search = res.metrics["direct_weight_search"]
+    assert res.model.cfg.direct_weight == float(max(search, key=search.get))
