@@ -49,11 +49,16 @@ def summarise(runs: list[dict]) -> dict:
         "train_seconds": float(np.mean([r["train_seconds"] for r in runs])),
         "best_epochs": [r["best_epoch"] for r in runs],
         "params": runs[0]["params"],
+        "per_seed": [r["extra"] for r in runs if r["extra"]],
     }
 
 
-def quality(dataset: str, models: list[str], seeds: int, minutes: float | None, threads: int) -> dict:
+def quality(dataset: str, models: list[str], seeds: int, minutes: float | None, threads: int,
+            on_seed=lambda report: None) -> dict:
+    """Runs every model over `seeds`; `on_seed(partial report)` after each seed, so a long run
+    leaves its finished seeds behind."""
     results, configs = {}, {}
+    report = {"dataset": dataset, "protocol": PROTOCOL, "hardware": hardware(), "results": results, "configs": configs}
     for model in models:
         cfg = replace(preset(dataset, model), threads=threads)
         if minutes is not None:
@@ -62,12 +67,14 @@ def quality(dataset: str, models: list[str], seeds: int, minutes: float | None, 
         for seed in range(seeds):
             res = run(replace(cfg, train=replace(cfg.train, seed=seed)))
             m = res.metrics
-            runs.append({"seed": seed, **{k: m[k] for k in ("test", "valid", "train_seconds", "best_epoch", "params")}})
+            runs.append({"seed": seed, **{k: m[k] for k in ("test", "valid", "train_seconds", "best_epoch", "params")},
+                         "extra": {k: m[k] for k in ("direct_weight_search", "cluster_report", "graph_edges") if k in m}})
             click.echo(f"{dataset} {model} seed {seed}: test NDCG@10 {m['test']['masked']['ndcg@10']:.4f} "
                        f"Recall@10 {m['test']['masked']['recall@10']:.4f} ({m['train_seconds']:.0f}s)")
-        results[model] = summarise(runs)
-        configs[model] = cfg.to_dict()
-    return {"dataset": dataset, "protocol": PROTOCOL, "hardware": hardware(), "results": results, "configs": configs}
+            results[model] = summarise(runs)
+            configs[model] = cfg.to_dict()
+            on_seed(report)
+    return report
 
 
 @click.command()
@@ -80,16 +87,19 @@ def quality(dataset: str, models: list[str], seeds: int, minutes: float | None, 
 def command(dataset, models, seeds, minutes, threads, out):
     """Test metrics of each model over seeds, side by side in one run."""
     t0 = time.time()
-    report = quality(dataset, [m.strip() for m in models.split(",") if m.strip()], seeds, minutes, threads)
-    report["wall_seconds"] = time.time() - t0
     path = Path(out) if out else RESULTS / f"quality-{dataset}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_file():  # models benchmarked in separate runs land in one file
-        old = json.loads(path.read_text())
-        if old.get("dataset") == dataset:
-            report["results"] = {**old.get("results", {}), **report["results"]}
-            report["configs"] = {**old.get("configs", {}), **report["configs"]}
-    path.write_text(json.dumps(report, indent=2))
+
+    def write(report: dict) -> None:
+        report = {**report, "wall_seconds": time.time() - t0}
+        if path.is_file():  # models benchmarked in separate runs land in one file
+            old = json.loads(path.read_text())
+            if old.get("dataset") == dataset:
+                report["results"] = {**old.get("results", {}), **report["results"]}
+                report["configs"] = {**old.get("configs", {}), **report["configs"]}
+        path.write_text(json.dumps(report, indent=2))
+
+    report = quality(dataset, [m.strip() for m in models.split(",") if m.strip()], seeds, minutes, threads, write)
     for model, r in report["results"].items():
         click.echo(f"{model:>8}: NDCG@10 {r['ndcg@10']:.4f}±{r['std']['ndcg@10']:.4f}  Recall@10 {r['recall@10']:.4f}  "
                    f"(unmasked {r['unmasked']['ndcg@10']:.4f} / {r['unmasked']['recall@10']:.4f})")

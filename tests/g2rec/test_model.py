@@ -43,7 +43,7 @@ def test_left_padding_does_not_change_scores():
 
 
 def test_training_reduces_loss_in_both_modes():
-    for mode, kw in VARIANTS:
+    for mode, kw in (VARIANTS[0], VARIANTS[-1]):
         m = make(mode, **kw)
         opt = torch.optim.Adam(m.parameters(), lr=1e-2)
         first = m.loss(seqs())[0].item()
