@@ -114,7 +114,7 @@ def run_g2rec(snapshot: EdgeSnapshot, cfg: ClusterConfig, planted: np.ndarray | 
     t0 = time.perf_counter()
     profiles, report = cluster(snapshot, cfg)
     seconds = time.perf_counter() - t0
-    out = _describe(snapshot, profiles.primary, seconds, planted, cfg.resolution)
+    out = _describe(snapshot, profiles.primary, seconds, planted, report.resolution)
     active = _active(snapshot)
     out.update(
         {
@@ -127,7 +127,7 @@ def run_g2rec(snapshot: EdgeSnapshot, cfg: ClusterConfig, planted: np.ndarray | 
             "mean_primary_weight": report.mean_primary_weight,
             "items_with_primary_below_0.9": float((profiles.weights[active, 0] < 0.9).mean()),
             "device": report.device,
-            "config": dataclasses.asdict(cfg),
+            "config": dataclasses.asdict(dataclasses.replace(cfg, resolution=report.resolution)),
         }
     )
     return out
@@ -196,6 +196,10 @@ def bench_beauty(cfg: ClusterConfig, seed: int, log) -> dict:
     log(f"  g2rec K={cfg.n_clusters} resolution {gamma:.2f}: {out['g2rec']['modularity']:.4f}, {out['g2rec']['n_communities']} clusters")
     out["g2rec_optimum"] = run_g2rec(snapshot, dataclasses.replace(cfg, resolution=1.0), None)
     log(f"  g2rec resolution 1: {out['g2rec_optimum']['modularity']:.4f}, {out['g2rec_optimum']['n_communities']} clusters")
+    # The library's own search for gamma (no Leiden needed), as training uses it.
+    out["g2rec_auto_resolution"] = run_g2rec(snapshot, dataclasses.replace(cfg, auto_resolution=True), None)
+    auto = out["g2rec_auto_resolution"]
+    log(f"  g2rec auto resolution {auto['config']['resolution']:.2f}: {auto['modularity']:.4f}, {auto['n_communities']} clusters")
     # The collapse regulariser trades modularity for all K clusters in use and flatter sizes.
     balanced = dataclasses.replace(cfg, resolution=gamma, collapse_weight=0.1)
     out["g2rec_balanced"] = run_g2rec(snapshot, balanced, None)

@@ -27,6 +27,7 @@ previous profiles matched by original item id, so cluster ids stay stable across
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -69,6 +70,10 @@ class ClusterConfig:
     iters, lr:       Adam iterations and step size on the logits.
     collapse_weight: lambda of the DMoN collapse regulariser.
     resolution:      gamma of the null-model term; > 1 favours more, smaller clusters.
+    auto_resolution: ignore `resolution` and search (bisection in log space) for the gamma at
+                     which the cold-start partition has about n_clusters groups; the report
+                     gives the gamma used. Real co-engagement graphs have far fewer communities
+                     at gamma = 1 than a useful K (Beauty: 13), leaving most clusters empty.
     init:            cold start, a hard partition: "lpa" = label propagation until resolution-gamma
                      modularity peaks, then multilevel modularity local moves on its groups;
                      "moves" = multilevel modularity local moves from singletons (a synchronous
@@ -100,6 +105,7 @@ class ClusterConfig:
     min_weight: float = 1e-3
     tol: float = 1e-4
     softness: float = 0.05
+    auto_resolution: bool = False
 
     def __post_init__(self) -> None:
         if self.n_clusters < 1:
@@ -148,6 +154,7 @@ class ClusterReport:
     mean_memberships: float
     changed_primary: int | None
     device: str
+    resolution: float
 
 
 def pick_device(name: str) -> torch.device:
@@ -367,6 +374,23 @@ def _initial_rows(
     return clusters, logits, prim
 
 
+def match_resolution(g: WorkGraph, cfg: ClusterConfig, steps: int = 10, tolerance: float = 0.05) -> float:
+    """The resolution (searched in [0.25, 1024], log-space bisection) at which multilevel
+    modularity moves from singletons give the number of groups closest to cfg.n_clusters."""
+    target = cfg.n_clusters
+    lo, hi = math.log(0.25), math.log(1024.0)
+    best = (math.inf, 1.0)
+    for _ in range(steps):
+        gamma = math.exp((lo + hi) / 2)
+        labels = modularity_propagation(g, gamma, cfg.init_rounds, cfg.seed)
+        n = len(torch.unique(labels[g.active]))
+        best = min(best, (abs(n - target), gamma))
+        if abs(n - target) <= tolerance * target:
+            break
+        lo, hi = (math.log(gamma), hi) if n < target else (lo, math.log(gamma))
+    return best[1]
+
+
 def start_state(g: WorkGraph, cfg: ClusterConfig, init_c: torch.Tensor, init_logit: torch.Tensor) -> _SoftState:
     """Optimiser state from initial rows: candidates are the initial clusters, then the neighbours'
     best-gain clusters, then filler; the initial clusters keep their logits, the rest start below."""
@@ -399,6 +423,8 @@ def cluster(
     t0 = time.perf_counter()
     dev = pick_device(cfg.device)
     g = WorkGraph(snapshot, dev)
+    if cfg.auto_resolution:
+        cfg = dataclasses.replace(cfg, resolution=match_resolution(g, cfg), auto_resolution=False)
     k = cfg.n_clusters
     c = min(cfg.n_candidates, k)
     if cfg.rho > c:
@@ -461,5 +487,6 @@ def cluster(
         mean_memberships=float((profiles.weights[active_np] > 0).sum(1).mean()) if active_np.any() else 0.0,
         changed_primary=changed,
         device=str(dev),
+        resolution=cfg.resolution,
     )
     return profiles, report

@@ -222,3 +222,11 @@ def test_candidate_refresh_keeps_top_memberships_and_a_consistent_table(planted)
     incremental = state.table.clone()
     state._rebuild_table(None)
     torch.testing.assert_close(incremental, state.table)
+
+
+def test_auto_resolution_finds_about_k_groups(planted):
+    snap, _ = planted
+    fixed = cluster(snap, ClusterConfig(n_clusters=48, rho=2, n_candidates=6, iters=5, device="cpu"))[1]
+    auto = cluster(snap, ClusterConfig(n_clusters=48, rho=2, n_candidates=6, iters=5, auto_resolution=True, device="cpu"))[1]
+    assert fixed.resolution == 1.0 and fixed.n_empty >= 30  # 16 planted interests at gamma = 1
+    assert auto.resolution > 1.0 and auto.n_empty <= 8
