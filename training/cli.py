@@ -19,7 +19,7 @@ def metrics_table(rows: dict[str, dict]) -> str:
     lines = [head, "-" * len(head)]
     for label, m in rows.items():
         for variant in ("masked", "unmasked"):
-            name = label if variant == "masked" else f"  (history not excluded)"
+            name = label if variant == "masked" else "  (history not excluded)"
             lines.append(f"{name:<24}" + "".join(f"{m[variant][k]:>11.4f}" for k in METRIC_NAMES))
     return "\n".join(lines)
 
@@ -106,4 +106,4 @@ def demo(dataset, models, minutes, out):
     top = scores.topk(10, dim=1).indices.numpy()
     ids = split.full.item_ids
     for row, u in enumerate(split.users[:3]):
-        click.echo(f"user {split.full.user_ids[u]} ({model.cfg.mode}): recent {list(ids[hist[row][-5:]])} -> top-10 {list(ids[top[row]])}")
+        click.echo(f"user {split.full.user_ids[u]} ({model.cfg.mode}): recent {ids[hist[row][-5:]].tolist()} -> top-10 {ids[top[row]].tolist()}")
