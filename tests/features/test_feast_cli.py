@@ -16,7 +16,7 @@ from features.config import PACKAGE_DIR, StoreConfig
 from features.lookup import FeatureLookup
 from features.publish import PROFILES, publish_profiles, stand_in_profiles
 from features.store import FeatureRepo
-from infra.redis import free_port
+from infra.process import free_port
 
 VIEWS = {"item_interest_profile", "cluster_prototype", "version_pointer", "user_recent_history"}
 SERVICES = {"scoring", "interest_profiles", "interest_prototypes", "version_pointers"}

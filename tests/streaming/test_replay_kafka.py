@@ -35,9 +35,9 @@ def test_broker_starts_on_loopback_and_stops_by_pid(tmp_path):
     finally:
         kafka.stop(broker.pid)
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and kafka._listening(broker.port):
+    while time.monotonic() < deadline and kafka.listening(broker.port):
         time.sleep(0.05)
-    assert not kafka._listening(broker.port)
+    assert not kafka.listening(broker.port)
 
 
 def test_a_binary_with_another_hash_is_refused(tmp_path, monkeypatch):
