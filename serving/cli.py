@@ -70,11 +70,18 @@ def score(run_dir, input_path, output, top_k, batch_size, threads):
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8600, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True)
-def serve(run_dir, host, port, threads):
-    """HTTP recommendations: POST /recommend {"history": [item ids], "k": 10}."""
+@click.option("--features/--no-features", default=False, show_default=True,
+              help="answer user_id requests from the feature store named by the G2REC_* environment")
+def serve(run_dir, host, port, threads, features):
+    """HTTP recommendations: POST /recommend {"history": [item ids]} or {"user_id": 7}, "k": 10."""
     import uvicorn
 
-    from serving.http import make_app
+    from serving.http import feature_store_histories, make_app
 
     scorer, item_ids = _load_scorer(Path(run_dir), threads)
-    uvicorn.run(make_app(scorer, item_ids), host=host, port=port, log_level="warning")
+    histories = None
+    if features:
+        from features.config import StoreConfig
+
+        histories = feature_store_histories(StoreConfig.from_env())
+    uvicorn.run(make_app(scorer, item_ids, histories), host=host, port=port, log_level="warning")

@@ -90,9 +90,25 @@ def free_port() -> int:
 
 
 @pytest.mark.integration
-def test_http_service_recommends_over_loopback(run_dir):
+def test_http_service_recommends_over_loopback(run_dir, tmp_path):
+    import os
+
+    import pandas as pd
+    from datetime import datetime, timezone
+
+    from features.config import StoreConfig
+    from features.store import FeatureRepo
+
+    # A real feature store holding user 5's recent history (original item ids 30, 40).
+    repo = FeatureRepo(StoreConfig(root=tmp_path))
+    repo.apply()
+    repo.store.push("user_history_push", pd.DataFrame({
+        "user_id": [5], "item_ids": [[30, 40]], "timestamps": [[1, 2]], "event_timestamp": [datetime.now(timezone.utc)],
+    }))
+    repo.close()
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", str(run_dir), "--port", str(port)])
+    env = {**os.environ, "G2REC_FEATURES_ROOT": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", str(run_dir), "--port", str(port), "--features"], env=env)
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.time() + 240  # the first start exports the ONNX model
@@ -108,10 +124,15 @@ def test_http_service_recommends_over_loopback(run_dir):
                                      headers={"Content-Type": "application/json"})
         body = json.loads(urllib.request.urlopen(req, timeout=10).read())
         assert len(body["items"]) == 4 and 10 not in body["items"] and 20 not in body["items"]
-        bad = urllib.request.Request(url + "/recommend", data=b'{"history": []}', headers={"Content-Type": "application/json"})
-        with pytest.raises(urllib.error.HTTPError) as e:
-            urllib.request.urlopen(bad, timeout=10)
-        assert e.value.code == 422
+        req = urllib.request.Request(url + "/recommend", data=json.dumps({"user_id": 5, "k": 4}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        body = json.loads(urllib.request.urlopen(req, timeout=10).read())
+        assert len(body["items"]) == 4 and not {30, 40} & set(body["items"])
+        for payload, code in [(b'{"history": []}', 422), (b'{"user_id": 6}', 404), (b'{"user_id": 5, "history": [10]}', 422)]:
+            bad = urllib.request.Request(url + "/recommend", data=payload, headers={"Content-Type": "application/json"})
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(bad, timeout=10)
+            assert e.value.code == code, payload
     finally:
         proc.terminate()
         proc.wait(10)
