@@ -21,13 +21,12 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
-from infra.process import free_port, listening, stop_pidfile, write_pidfile
+from infra.process import free_port, listening, stop_pidfile, wait_ready, write_pidfile
 from infra.process import stop as stop_process
 from infra.redis import ServerError
 
@@ -113,15 +112,10 @@ def start(port: int | None = None, data_dir: str | os.PathLike | None = None,
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, user=user, cwd=base)
     server = PostgresServer(pid=proc.pid, port=port, dir=base)
-    deadline = time.monotonic() + ready_timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ServerError(f"postgres exited with code {proc.returncode}; see {log_path}")
-        if listening(port) and _create_database(port):
-            return server
-        time.sleep(0.1)
-    stop(proc.pid)
-    raise ServerError(f"postgres did not answer on 127.0.0.1:{port} within {ready_timeout_s}s; see {log_path}")
+    failed = wait_ready(proc, lambda: listening(port) and _create_database(port), ready_timeout_s, f"127.0.0.1:{port}")
+    if failed:
+        raise ServerError(f"postgres {failed}; see {log_path}")
+    return server
 
 
 def _create_database(port: int) -> bool:

@@ -63,3 +63,17 @@ def stop_pidfile(pidfile: str | os.PathLike, stop_fn) -> None:
         raise click.ClickException(f"{pidfile}: expected a pid, found {text!r}")
     stop_fn(int(text))
     Path(pidfile).unlink()
+
+
+def wait_ready(proc, ready, timeout_s: float, what: str) -> str | None:
+    """Poll `ready()` until it holds (None), or say why not: the process exited, or it did not
+    answer on `what` within timeout_s (then it is stopped)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return f"exited with code {proc.returncode}"
+        if ready():
+            return None
+        time.sleep(0.05)
+    stop(proc.pid)
+    return f"did not answer on {what} within {timeout_s}s"

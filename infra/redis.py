@@ -15,13 +15,12 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
-from infra.process import free_port, listening, stop, stop_pidfile, write_pidfile
+from infra.process import free_port, listening, stop, stop_pidfile, wait_ready, write_pidfile
 
 
 class ServerError(RuntimeError):
@@ -67,15 +66,10 @@ def start(port: int | None = None, data_dir: str | os.PathLike | None = None,
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     server = RedisServer(pid=proc.pid, port=port, dir=data_dir)
-    deadline = time.monotonic() + ready_timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ServerError(f"redis-server exited with code {proc.returncode}; see {log_path}")
-        if listening(port) and _ping(port):
-            return server
-        time.sleep(0.05)
-    stop(proc.pid)
-    raise ServerError(f"redis-server did not answer on {server.address} within {ready_timeout_s}s; see {log_path}")
+    failed = wait_ready(proc, lambda: listening(port) and _ping(port), ready_timeout_s, server.address)
+    if failed:
+        raise ServerError(f"redis-server {failed}; see {log_path}")
+    return server
 
 
 def _ping(port: int) -> bool:
