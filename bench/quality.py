@@ -27,12 +27,12 @@ PROTOCOL = (
 )
 
 
-def hardware() -> str:
+def hardware(threads: int) -> str:
     import os
 
     import torch
 
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} CPU, {torch.get_num_threads()} threads"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} CPU, {threads} threads"
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -58,7 +58,7 @@ def quality(dataset: str, models: list[str], seeds: int, minutes: float | None, 
     """Runs every model over `seeds`; `on_seed(partial report)` after each seed, so a long run
     leaves its finished seeds behind."""
     results, configs = {}, {}
-    report = {"dataset": dataset, "protocol": PROTOCOL, "hardware": hardware(), "results": results, "configs": configs}
+    report = {"dataset": dataset, "protocol": PROTOCOL, "hardware": hardware(threads), "results": results, "configs": configs}
     for model in models:
         cfg = replace(preset(dataset, model), threads=threads)
         if minutes is not None:
@@ -114,6 +114,7 @@ ABLATIONS = [
     ("K=64", {"cluster": {"n_clusters": 64}}),
     ("K=1024", {"cluster": {"n_clusters": 1024}}),
     ("hard tokens", {"model": {"hard_tokens": True}}),
+    ("id-only items", {"model": {"semantic_items": False}}),
     ("c=0.5", {"graph": {"c": 0.5}}),
     ("c=2", {"graph": {"c": 2.0}}),
 ]
@@ -128,11 +129,11 @@ TOP_B = (1, 2, 4, 8)
 def ablation(dataset, minutes, only, threads):
     """G2Rec variants (rho, K, soft/hard tokens, sampling constant c, B), one seed each, side by side."""
     from training.pipeline import PipelineConfig
-    from g2rec.train import evaluate
+    from g2rec.train import evaluate_mixtures
 
     path = RESULTS / f"ablation-{dataset}.json"
     report = json.loads(path.read_text()) if path.is_file() else {"dataset": dataset, "variants": {}}
-    report.update({"protocol": PROTOCOL, "hardware": hardware(), "minutes_per_variant": minutes,
+    report.update({"protocol": PROTOCOL, "hardware": hardware(threads), "minutes_per_variant": minutes,
                    "note": "one seed, capped training; compare variants with each other, not with quality-*.json"})
     wanted = set(only.split(",")) if only else None
     for label, over in ABLATIONS:
@@ -146,14 +147,18 @@ def ablation(dataset, minutes, only, threads):
         res = run(PipelineConfig.from_dict(base))
         entry = {"valid_ndcg@10": res.metrics["valid"]["masked"]["ndcg@10"], "test": res.metrics["test"]["masked"],
                  "test_unmasked": res.metrics["test"]["unmasked"], "train_seconds": res.metrics["train_seconds"],
+                 "direct_weight_search": res.metrics.get("direct_weight_search"),
                  "cluster_report": res.metrics.get("cluster_report"), "overrides": over}
         if label == "base":
+            # B changes inference only: re-score the trained base model, with the pure interest path
+            # (direct weight 0) and with the direct weight chosen on validation.
+            chosen = res.model.cfg.direct_weight
             entry["by_top_b"] = {}
             for b in TOP_B:
                 res.model.cfg = replace(res.model.cfg, top_b=b)
-                m = evaluate(res.model, res.split, "test")["masked"]
-                v = evaluate(res.model, res.split, "valid")["masked"]
-                entry["by_top_b"][str(b)] = {"valid_ndcg@10": v["ndcg@10"], "test": m}
+                v, t = (evaluate_mixtures(res.model, res.split, stage, [0.0, chosen]) for stage in ("valid", "test"))
+                entry["by_top_b"][str(b)] = {f"direct_weight={w}": {"valid_ndcg@10": v[w]["masked"]["ndcg@10"], "test": t[w]["masked"]}
+                                             for w in (0.0, chosen)}
         report["variants"][label] = entry
         path.write_text(json.dumps(report, indent=2))
         click.echo(f"{label}: valid NDCG@10 {entry['valid_ndcg@10']:.4f} test NDCG@10 {entry['test']['ndcg@10']:.4f}")

@@ -39,6 +39,7 @@ class ModelConfig:
     input_norm: bool = True  # LayerNorm on the summed input embeddings (as SASRec does)
     positions: str = "end"  # pair index counted from the most recent ("end") or the oldest ("start") token
     direct_weight: float = 0.0  # g2rec: weight of the direct next-item head (trained at item tokens) in the score mixture
+    semantic_items: bool = False  # g2rec: an item's vector adds its profile-weighted cluster embeddings (input and output)
     n_negatives: int = 0  # 0: full softmax; else sampled softmax with this many shared negatives
     neg_power: float = 0.0  # negatives ~ count^neg_power (0: uniform), with logQ correction
 
@@ -51,11 +52,21 @@ class ModelConfig:
             raise ValueError(f"positions must be 'end' or 'start', got {self.positions!r}")
         if not 0.0 <= self.direct_weight < 1.0:
             raise ValueError(f"direct_weight must lie in [0, 1), got {self.direct_weight}")
+        if self.semantic_items and self.mode != "g2rec":
+            raise ValueError("semantic_items needs mode='g2rec' (items mode has no interest profiles)")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def mix(via_interest: torch.Tensor, direct: torch.Tensor, direct_weight: float) -> torch.Tensor:
+    """log((1 - w) P_interest + w P_direct) from the two log-probabilities; w = 0 is the pure
+    interest-marginalised score."""
+    if direct_weight <= 0:
+        return via_interest
+    return torch.logaddexp(via_interest + math.log(1 - direct_weight), direct + math.log(direct_weight))
 
 
 class SelfAttention(nn.Module):
@@ -142,6 +153,21 @@ class G2RecModel(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    # ---- item vectors ------------------------------------------------------------------------
+    def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (...) -> (..., C). With semantic_items an item is its id embedding plus its profile's
+        weighted cluster embeddings, so rarely seen items share what their interests learned."""
+        v = self.item_emb(ids)
+        if self.cfg.semantic_items:
+            v = v + (self.cluster_emb(self.prof_clusters[ids]) * self.prof_weights[ids].unsqueeze(-1)).sum(-2)
+        return v
+
+    def all_item_vectors(self) -> torch.Tensor:
+        """(N+1, C): every item's vector, row 0 = padding."""
+        if not self.cfg.semantic_items:
+            return self.item_emb.weight
+        return self.item_vectors(torch.arange(self.cfg.n_items + 1, device=self.item_emb.weight.device))
+
     # ---- encoding ----------------------------------------------------------------------------
     def _item_tokens(self, items: torch.Tensor) -> TokenBatch:
         B, T = items.shape
@@ -153,7 +179,7 @@ class G2RecModel(nn.Module):
     def encode(self, tok: TokenBatch) -> torch.Tensor:
         """Tokens -> hidden states (B, L, C)."""
         B, L = tok.kind.shape
-        x = self.item_emb(tok.item) * (tok.kind == ITEM).unsqueeze(-1)  # (B, L, C)
+        x = self.item_vectors(tok.item) * (tok.kind == ITEM).unsqueeze(-1)  # (B, L, C)
         if self.cfg.mode == "g2rec":
             soft = (self.cluster_emb(tok.clusters) * tok.weights.unsqueeze(-1)).sum(2)  # (B, L, C)
             x = x + soft * (tok.kind == INTEREST).unsqueeze(-1)
@@ -176,7 +202,7 @@ class G2RecModel(nn.Module):
 
     def item_logits(self, h: torch.Tensor) -> torch.Tensor:
         """(P, C) -> (P, N+1); the padding item never wins."""
-        logits = h @ self.item_emb.weight.t()
+        logits = h @ self.all_item_vectors().t()
         return logits.index_fill(-1, torch.zeros(1, dtype=torch.long, device=h.device), -torch.inf)
 
     # ---- training ----------------------------------------------------------------------------
@@ -188,8 +214,8 @@ class G2RecModel(nn.Module):
             return F.cross_entropy(self.item_logits(h), y)
         neg = torch.multinomial(self.neg_q, self.cfg.n_negatives, replacement=True)  # (S,)
         log_q = self.neg_q.log()
-        pos_logit = (h * self.item_emb(y)).sum(-1, keepdim=True) - log_q[y].unsqueeze(1)  # (P, 1)
-        neg_logits = h @ self.item_emb(neg).t() - log_q[neg]  # (P, S)
+        pos_logit = (h * self.item_vectors(y)).sum(-1, keepdim=True) - log_q[y].unsqueeze(1)  # (P, 1)
+        neg_logits = h @ self.item_vectors(neg).t() - log_q[neg]  # (P, S)
         neg_logits = neg_logits.masked_fill(neg.unsqueeze(0) == y.unsqueeze(1), -torch.inf)
         logits = torch.cat([pos_logit, neg_logits], dim=1)
         return F.cross_entropy(logits, torch.zeros_like(y))
@@ -228,6 +254,13 @@ class G2RecModel(nn.Module):
         if self.cfg.mode == "items":
             h = self.encode(self._item_tokens(history))[:, -1]  # (B, C)
             return F.log_softmax(self.item_logits(h), dim=-1)
+        via_interest, direct = self.score_parts(history)
+        return mix(via_interest, direct, self.cfg.direct_weight)
+
+    @torch.no_grad()
+    def score_parts(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """g2rec mode: (B, T) -> the two (B, N+1) log-probabilities that `score` mixes: the sum
+        over the top-B interests k of P(k | h) P(item | h, k), and the direct head's P(item | h)."""
         B = history.shape[0]
         tok = interleave(history, self.prof_clusters, self.prof_weights, last_pos=1)
         h = self.encode(tok)[:, -1]  # (B, C): the last item token
@@ -239,11 +272,7 @@ class G2RecModel(nn.Module):
         h2 = self.encode(append_interest(rep, top_k.reshape(-1)))[:, -1]  # (B*Bk, C)
         item_logp = F.log_softmax(self.item_logits(h2), dim=-1).view(B, Bk, -1)  # (B, Bk, N+1)
         via_interest = torch.logsumexp(prior.unsqueeze(-1) + item_logp, dim=1)  # (B, N+1)
-        if self.cfg.direct_weight <= 0:
-            return via_interest
-        direct = F.log_softmax(self.item_logits(h), dim=-1)
-        lam = self.cfg.direct_weight
-        return torch.logaddexp(via_interest + math.log(1 - lam), direct + math.log(lam))
+        return via_interest, F.log_softmax(self.item_logits(h), dim=-1)
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
         """The exported inference graph: (B, T) -> (B, N+1) scores."""

@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from g2rec.metrics import LooSplit, metrics_from_ranks, target_ranks
-from g2rec.model import G2RecModel
+from g2rec.model import G2RecModel, mix
 from g2rec.types import Interactions
 
 log = logging.getLogger(__name__)
@@ -78,20 +78,37 @@ def length_batches(seqs: list[np.ndarray], batch_size: int, rng: np.random.Gener
 @torch.no_grad()
 def evaluate(model: G2RecModel, split: LooSplit, stage: str, batch_size: int = 256) -> dict[str, dict[str, float]]:
     """Full-ranking metrics on `stage`: {"masked": history excluded, "unmasked": not excluded}."""
+    return _evaluate(model, split, stage, batch_size, [None])[None]
+
+
+@torch.no_grad()
+def evaluate_mixtures(model: G2RecModel, split: LooSplit, stage: str, weights: list[float],
+                      batch_size: int = 256) -> dict[float, dict[str, dict[str, float]]]:
+    """g2rec mode: `evaluate` for each direct-head weight in one pass (the model encodes once)."""
+    if model.cfg.mode != "g2rec":
+        raise ValueError(f"mixture weights need a g2rec-mode model, got mode {model.cfg.mode!r}")
+    return _evaluate(model, split, stage, batch_size, list(weights))
+
+
+def _evaluate(model: G2RecModel, split: LooSplit, stage: str, batch_size: int, weights: list) -> dict:
+    """weights: [None] scores with model.score; else mixes model.score_parts with each weight."""
     was_training = model.training
     model.eval()
     inputs, targets = split.inputs(stage), split.targets(stage)
     order = np.argsort([len(h) for h in inputs], kind="stable")
-    masked, unmasked = np.empty(len(inputs)), np.empty(len(inputs))
+    ranks = {w: (np.empty(len(inputs)), np.empty(len(inputs))) for w in weights}  # (masked, unmasked)
     for i in range(0, len(order), batch_size):
         idx = order[i : i + batch_size]
         hist = [inputs[j] for j in idx]
-        scores = model.score(pad_left(hist, min(model.cfg.max_len, max(len(h) for h in hist))))
+        x = pad_left(hist, min(model.cfg.max_len, max(len(h) for h in hist)))
         t = torch.as_tensor(targets[idx])
-        masked[idx] = target_ranks(scores, t, hist).numpy()
-        unmasked[idx] = target_ranks(scores, t, None).numpy()
+        parts = model.score_parts(x) if weights != [None] else None
+        for w, (masked, unmasked) in ranks.items():
+            scores = model.score(x) if w is None else mix(*parts, w)
+            masked[idx] = target_ranks(scores, t, hist).numpy()
+            unmasked[idx] = target_ranks(scores, t, None).numpy()
     model.train(was_training)
-    return {"masked": metrics_from_ranks(masked), "unmasked": metrics_from_ranks(unmasked)}
+    return {w: {"masked": metrics_from_ranks(m), "unmasked": metrics_from_ranks(u)} for w, (m, u) in ranks.items()}
 
 
 def fit(model: G2RecModel, split: LooSplit, cfg: TrainConfig) -> FitResult:

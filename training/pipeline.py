@@ -21,7 +21,7 @@ import torch
 from g2rec.data import load_dataset, load_path
 from g2rec.metrics import LooSplit, loo_split
 from g2rec.model import G2RecModel, ModelConfig
-from g2rec.train import TrainConfig, evaluate, fit
+from g2rec.train import TrainConfig, evaluate, evaluate_mixtures, fit
 from g2rec.types import Interactions, InterestProfiles
 
 
@@ -109,7 +109,7 @@ def run(cfg: PipelineConfig, out: Path | None = None, data: Interactions | None 
     model.set_item_counts(np.bincount(split.train.items, minlength=data.n_items + 1))
     result = fit(model, split, cfg.train)
     if model_cfg.mode == "g2rec" and model_cfg.direct_weight > 0:
-        info["direct_weight_search"] = choose_direct_weight(model, split, result.best_valid["ndcg@10"])
+        info["direct_weight_search"] = choose_direct_weight(model, split)
     metrics = {
         "dataset": data.name,
         "users_evaluated": int(len(split.users)),
@@ -128,18 +128,14 @@ def run(cfg: PipelineConfig, out: Path | None = None, data: Interactions | None 
     return RunResult(model, split, profiles, metrics)
 
 
-DIRECT_WEIGHTS = (0.3, 0.5, 0.7, 0.9)
+DIRECT_WEIGHTS = (0.0, 0.3, 0.5, 0.7, 0.9)
 
 
-def choose_direct_weight(model: G2RecModel, split: LooSplit, trained_ndcg: float) -> dict[str, float]:
+def choose_direct_weight(model: G2RecModel, split: LooSplit) -> dict[str, float]:
     """Pick the score mixture weight of the direct head on VALIDATION NDCG@10 (inference only:
     training does not depend on it). Leaves the model set to the winner; returns the search."""
-    trained = model.cfg.direct_weight
-    search = {str(trained): trained_ndcg}
-    for w in DIRECT_WEIGHTS:
-        if w != trained:
-            model.cfg = replace(model.cfg, direct_weight=w)
-            search[str(w)] = evaluate(model, split, "valid")["masked"]["ndcg@10"]
+    weights = sorted({*DIRECT_WEIGHTS, model.cfg.direct_weight})
+    search = {str(w): m["masked"]["ndcg@10"] for w, m in evaluate_mixtures(model, split, "valid", weights).items()}
     best = max(search, key=search.get)
     model.cfg = replace(model.cfg, direct_weight=float(best))
     return search

@@ -7,7 +7,7 @@ from training.pipeline import DataSource, PipelineConfig
 from g2rec.train import TrainConfig
 
 _MODEL = {
-    "d_model": 128, "n_layers": 2, "n_heads": 2, "dropout": 0.5, "max_len": 50, "positions": "start",
+    "d_model": 64, "n_layers": 2, "n_heads": 2, "dropout": 0.5, "max_len": 50, "positions": "start",
     # Sampled softmax: 2048 shared negatives ~ count^0.75 with logQ correction (see bench/README.md).
     "n_negatives": 2048, "neg_power": 0.75,
 }

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from g2rec.model import G2RecModel, ModelConfig
@@ -18,7 +19,7 @@ def make(mode: str, **kw) -> G2RecModel:
 
 
 VARIANTS = [("items", {}), ("items", {"positions": "start"}), ("g2rec", {}),
-            ("g2rec", {"direct_weight": 0.5, "positions": "start"})]
+            ("g2rec", {"direct_weight": 0.5, "positions": "start", "semantic_items": True})]
 
 
 def seqs():
@@ -66,3 +67,17 @@ def test_sampled_softmax_trains():
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * first
+
+
+def test_semantic_item_vectors_add_the_profile_weighted_cluster_embeddings():
+    m = make("g2rec", semantic_items=True)
+    v = m.all_item_vectors()  # (N+1, C)
+    assert torch.allclose(v[0], m.item_emb.weight[0])  # padding has no profile
+    expected = m.item_emb.weight[5] + 0.7 * m.cluster_emb.weight[5 % K] + 0.3 * m.cluster_emb.weight[6 % K]
+    assert torch.allclose(v[5], expected, atol=1e-6)
+    assert torch.allclose(m.item_vectors(torch.tensor([[5]]))[0, 0], expected, atol=1e-6)
+
+
+def test_semantic_items_need_profiles():
+    with pytest.raises(ValueError, match="semantic_items"):
+        ModelConfig(n_items=N, semantic_items=True)

@@ -1,11 +1,13 @@
 """End to end on a small synthetic dataset with planted interests: train, save, reload, evaluate."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from g2rec.synth import SynthConfig, synth_interactions
-from g2rec.train import TrainConfig, evaluate
+from g2rec.train import TrainConfig, evaluate, evaluate_mixtures
 from training.pipeline import DataSource, PipelineConfig, load_run, run
 
 SMALL = {"d_model": 32, "n_layers": 1, "n_heads": 2, "dropout": 0.1, "max_len": 20}
@@ -55,3 +57,11 @@ def test_g2rec_recovers_planted_interests_end_to_end(data, tmp_path):
     assert (tmp_path / "g2rec" / "profiles.npz").is_file()
     search = res.metrics["direct_weight_search"]
     assert res.model.cfg.direct_weight == float(max(search, key=search.get))
+    # The one-pass mixture evaluation agrees with scoring at each weight separately.
+    weights = [0.0, 0.5]
+    at_once = evaluate_mixtures(res.model, res.split, "valid", weights)
+    for w in weights:
+        res.model.cfg = replace(res.model.cfg, direct_weight=w)
+        separately = evaluate(res.model, res.split, "valid")
+        for variant in ("masked", "unmasked"):
+            assert separately[variant] == pytest.approx(at_once[w][variant]), (w, variant)
