@@ -6,6 +6,7 @@ Writes bench/results/quality-<dataset>.json. Hyperparameters come from training/
 
 from __future__ import annotations
 
+import fcntl
 import json
 import platform
 import time
@@ -49,11 +50,18 @@ def summarise(runs: list[dict]) -> dict:
         "train_seconds": float(np.mean([r["train_seconds"] for r in runs])),
         "best_epochs": [r["best_epoch"] for r in runs],
         "params": runs[0]["params"],
-        "per_seed": [r["extra"] for r in runs if r["extra"]],
+        "runs": runs,
     }
 
 
-def quality(dataset: str, models: list[str], seeds: int, minutes: float | None, threads: int,
+def merge_runs(old: dict, new: dict) -> dict:
+    """Two result entries of one model -> one summary over the union of their seeds (the new
+    entry wins a seed both ran); lets seeds run in separate processes."""
+    runs = {r["seed"]: r for r in old.get("runs", [])} | {r["seed"]: r for r in new["runs"]}
+    return summarise([runs[s] for s in sorted(runs)])
+
+
+def quality(dataset: str, models: list[str], seeds: list[int], minutes: float | None, threads: int,
             on_seed=lambda report: None) -> dict:
     """Runs every model over `seeds`; `on_seed(partial report)` after each seed, so a long run
     leaves its finished seeds behind."""
@@ -64,7 +72,7 @@ def quality(dataset: str, models: list[str], seeds: int, minutes: float | None, 
         if minutes is not None:
             cfg = replace(cfg, train=replace(cfg.train, max_minutes=minutes))
         runs = []
-        for seed in range(seeds):
+        for seed in seeds:
             res = run(replace(cfg, train=replace(cfg.train, seed=seed)))
             m = res.metrics
             runs.append({"seed": seed, **{k: m[k] for k in ("test", "valid", "train_seconds", "best_epoch", "params")},
@@ -81,10 +89,12 @@ def quality(dataset: str, models: list[str], seeds: int, minutes: float | None, 
 @click.option("--dataset", default="beauty", show_default=True)
 @click.option("--models", default="items,g2rec", show_default=True, help="comma-separated: items, g2rec")
 @click.option("--seeds", type=int, default=3, show_default=True)
+@click.option("--first-seed", type=int, default=0, show_default=True,
+              help="run seeds first-seed .. first-seed+seeds-1 (split seeds over processes; one file collects them)")
 @click.option("--minutes", type=float, default=None, help="override the per-run training time cap")
 @click.option("--threads", type=int, default=2, show_default=True, help="torch threads (1 on a busy machine)")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="default bench/results/quality-<dataset>.json")
-def command(dataset, models, seeds, minutes, threads, out):
+def command(dataset, models, seeds, first_seed, minutes, threads, out):
     """Test metrics of each model over seeds, side by side in one run."""
     t0 = time.time()
     path = Path(out) if out else RESULTS / f"quality-{dataset}.json"
@@ -92,14 +102,21 @@ def command(dataset, models, seeds, minutes, threads, out):
 
     def write(report: dict) -> None:
         report = {**report, "wall_seconds": time.time() - t0}
-        if path.is_file():  # models benchmarked in separate runs land in one file
-            old = json.loads(path.read_text())
-            if old.get("dataset") == dataset:
-                report["results"] = {**old.get("results", {}), **report["results"]}
-                report["configs"] = {**old.get("configs", {}), **report["configs"]}
-        path.write_text(json.dumps(report, indent=2))
+        with open(path.with_suffix(".lock"), "w") as lock:  # processes splitting the seeds take turns
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if path.is_file():  # models and seeds benchmarked in separate runs land in one file
+                old = json.loads(path.read_text())
+                if old.get("dataset") == dataset:
+                    results = dict(old.get("results", {}))
+                    for model, entry in report["results"].items():
+                        same = old.get("configs", {}).get(model) == report["configs"][model]
+                        results[model] = merge_runs(results[model], entry) if same and model in results else entry
+                    report["results"] = results
+                    report["configs"] = {**old.get("configs", {}), **report["configs"]}
+            path.write_text(json.dumps(report, indent=2))
 
-    report = quality(dataset, [m.strip() for m in models.split(",") if m.strip()], seeds, minutes, threads, write)
+    seed_list = list(range(first_seed, first_seed + seeds))
+    report = quality(dataset, [m.strip() for m in models.split(",") if m.strip()], seed_list, minutes, threads, write)
     for model, r in report["results"].items():
         click.echo(f"{model:>8}: NDCG@10 {r['ndcg@10']:.4f}±{r['std']['ndcg@10']:.4f}  Recall@10 {r['recall@10']:.4f}  "
                    f"(unmasked {r['unmasked']['ndcg@10']:.4f} / {r['unmasked']['recall@10']:.4f})")

@@ -1,10 +1,12 @@
 """Generative sequential recommender: a causal transformer over items, or over alternating
 interest/item tokens (G2Rec). One model; `mode="items"` is the SASRec-style ablation.
 
-Training (`loss`): items mode predicts the next item at every position (full softmax).
+Training (`loss`): items mode predicts the next item at every position (full or sampled softmax).
 G2Rec mode, on P(i_1), i_1, ..., P(i_T), i_T, P(i_T+1): at an interest token the target is its item
-(item head), at an item token the target is the next item's interest profile (interest head).
-Inference (`score`): P(item | h) = sum over the top-B interests k of P(k | h) * P(item | h, k).
+(item head), at an item token the target is the next item's interest profile (interest head) and,
+when direct_weight > 0, also the next item itself (direct head); each term is its own mean.
+Inference (`score`): P(item | h) = sum over the top-B interests k of P(k | h) * P(item | h, k),
+mixed with the direct head's P(item | h) at weight direct_weight.
 """
 
 from __future__ import annotations
@@ -206,19 +208,19 @@ class G2RecModel(nn.Module):
         return logits.index_fill(-1, torch.zeros(1, dtype=torch.long, device=h.device), -torch.inf)
 
     # ---- training ----------------------------------------------------------------------------
-    def item_loss(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def item_loss(self, h: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         """Cross-entropy of targets y (P,) given hidden states h (P, C): full softmax, or a sampled
         softmax over n_negatives items drawn from q and shared by the batch, with the logQ correction
         (every logit minus log q) so the estimate targets the full softmax; accidental hits masked."""
         if self.cfg.n_negatives <= 0:
-            return F.cross_entropy(self.item_logits(h), y)
+            return F.cross_entropy(self.item_logits(h), y, reduction=reduction)
         neg = torch.multinomial(self.neg_q, self.cfg.n_negatives, replacement=True)  # (S,)
         log_q = self.neg_q.log()
         pos_logit = (h * self.item_vectors(y)).sum(-1, keepdim=True) - log_q[y].unsqueeze(1)  # (P, 1)
         neg_logits = h @ self.item_vectors(neg).t() - log_q[neg]  # (P, S)
         neg_logits = neg_logits.masked_fill(neg.unsqueeze(0) == y.unsqueeze(1), -torch.inf)
         logits = torch.cat([pos_logit, neg_logits], dim=1)
-        return F.cross_entropy(logits, torch.zeros_like(y))
+        return F.cross_entropy(logits, torch.zeros_like(y), reduction=reduction)
 
     def loss(self, seqs: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """seqs: (B, T+1) left-padded item sequences; every next item is a target."""
@@ -238,14 +240,21 @@ class G2RecModel(nn.Module):
         h_at_item = h[:, :-1][at_item]  # (P, C)
         logp = F.log_softmax(h_at_item @ self.cluster_emb.weight.t(), dim=-1)  # (P, K)
         interest_loss = -(logp.gather(1, tok.clusters[:, 1:][at_item]) * tok.weights[:, 1:][at_item]).sum(1).mean()
+        total = self.cfg.interest_loss_weight * interest_loss
+        parts = {"interest": interest_loss.item()}
         if self.cfg.direct_weight > 0:
-            # Also the next item straight from each item token (the items-mode objective); one
-            # sampled softmax call serves both, so the negatives are shared.
-            h_items = torch.cat([h_items, h_at_item])
-            y_items = torch.cat([y_items, seqs[:, 1:][seqs[:, :-1] > 0]])
-        item_loss = self.item_loss(h_items, y_items)
-        total = item_loss + self.cfg.interest_loss_weight * interest_loss
-        return total, {"item": item_loss.item(), "interest": interest_loss.item()}
+            # Also the next item straight from each item token (the items-mode objective), as its own
+            # mean so it keeps items mode's full weight; one sampled softmax call serves both
+            # objectives, so the negatives are shared.
+            n = len(y_items)
+            per_row = self.item_loss(torch.cat([h_items, h_at_item]), torch.cat([y_items, seqs[:, 1:][seqs[:, :-1] > 0]]), "none")
+            item_loss, direct_loss = per_row[:n].mean(), per_row[n:].mean()
+            total = total + direct_loss
+            parts["direct"] = direct_loss.item()
+        else:
+            item_loss = self.item_loss(h_items, y_items)
+        parts["item"] = item_loss.item()
+        return total + item_loss, parts
 
     # ---- inference ---------------------------------------------------------------------------
     @torch.no_grad()

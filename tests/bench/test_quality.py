@@ -1,0 +1,19 @@
+import pytest
+
+from bench.quality import merge_runs, summarise
+from g2rec.metrics import METRIC_NAMES
+
+
+def fake_run(seed: int, ndcg: float) -> dict:
+    metrics = {k: ndcg for k in METRIC_NAMES}
+    return {"seed": seed, "test": {"masked": metrics, "unmasked": metrics}, "valid": {"masked": metrics},
+            "train_seconds": 1.0, "best_epoch": 3, "params": 10, "extra": {}}
+
+
+def test_seeds_run_in_separate_processes_summarise_as_one():
+    first = summarise([fake_run(0, 0.1), fake_run(1, 0.2)])
+    second = summarise([fake_run(2, 0.3), fake_run(1, 0.4)])  # seed 1 again: the newer run wins
+    merged = merge_runs(first, second)
+    assert merged["seeds"] == [0, 1, 2]
+    assert merged["ndcg@10"] == pytest.approx((0.1 + 0.4 + 0.3) / 3)
+    assert merged == summarise([fake_run(0, 0.1), fake_run(1, 0.4), fake_run(2, 0.3)])
