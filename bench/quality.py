@@ -131,7 +131,7 @@ ABLATIONS = [
     ("K=64", {"cluster": {"n_clusters": 64}}),
     ("K=1024", {"cluster": {"n_clusters": 1024}}),
     ("hard tokens", {"model": {"hard_tokens": True}}),
-    ("id-only items", {"model": {"semantic_items": False}}),
+    ("semantic items", {"model": {"semantic_items": True}}),
     ("c=0.5", {"graph": {"c": 0.5}}),
     ("c=2", {"graph": {"c": 2.0}}),
 ]
@@ -149,9 +149,8 @@ def ablation(dataset, minutes, only, threads):
     from g2rec.train import evaluate_mixtures
 
     path = RESULTS / f"ablation-{dataset}.json"
-    report = json.loads(path.read_text()) if path.is_file() else {"dataset": dataset, "variants": {}}
-    report.update({"protocol": PROTOCOL, "hardware": hardware(threads), "minutes_per_variant": minutes,
-                   "note": "one seed, capped training; compare variants with each other, not with quality-*.json"})
+    header = {"dataset": dataset, "protocol": PROTOCOL, "hardware": hardware(threads), "minutes_per_variant": minutes,
+              "note": "one seed, capped training; compare variants with each other, not with quality-*.json"}
     wanted = set(only.split(",")) if only else None
     for label, over in ABLATIONS:
         if wanted and label not in wanted:
@@ -176,7 +175,11 @@ def ablation(dataset, minutes, only, threads):
                 v, t = (evaluate_mixtures(res.model, res.split, stage, [0.0, chosen]) for stage in ("valid", "test"))
                 entry["by_top_b"][str(b)] = {f"direct_weight={w}": {"valid_ndcg@10": v[w]["masked"]["ndcg@10"], "test": t[w]["masked"]}
                                              for w in (0.0, chosen)}
-        report["variants"][label] = entry
-        path.write_text(json.dumps(report, indent=2))
+        with open(path.with_suffix(".lock"), "w") as lock:  # processes splitting the variants take turns
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            report = json.loads(path.read_text()) if path.is_file() else {"variants": {}}
+            report.update(header)
+            report["variants"][label] = entry
+            path.write_text(json.dumps(report, indent=2))
         click.echo(f"{label}: valid NDCG@10 {entry['valid_ndcg@10']:.4f} test NDCG@10 {entry['test']['ndcg@10']:.4f}")
     click.echo(f"-> {path}")
