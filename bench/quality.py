@@ -61,6 +61,15 @@ def merge_runs(old: dict, new: dict) -> dict:
     return summarise([runs[s] for s in sorted(runs)])
 
 
+def update_json(path: Path, change) -> None:
+    """Rewrite the JSON at `path` as change(old contents, or None) under an exclusive lock, so
+    processes splitting seeds or variants over one file take turns."""
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        old = json.loads(path.read_text()) if path.is_file() else None
+        path.write_text(json.dumps(change(old), indent=2))
+
+
 def quality(dataset: str, models: list[str], seeds: list[int], minutes: float | None, threads: int,
             on_seed=lambda report: None) -> dict:
     """Runs every model over `seeds`; `on_seed(partial report)` after each seed, so a long run
@@ -102,18 +111,17 @@ def command(dataset, models, seeds, first_seed, minutes, threads, out):
 
     def write(report: dict) -> None:
         report = {**report, "wall_seconds": time.time() - t0}
-        with open(path.with_suffix(".lock"), "w") as lock:  # processes splitting the seeds take turns
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if path.is_file():  # models and seeds benchmarked in separate runs land in one file
-                old = json.loads(path.read_text())
-                if old.get("dataset") == dataset:
-                    results = dict(old.get("results", {}))
-                    for model, entry in report["results"].items():
-                        same = old.get("configs", {}).get(model) == report["configs"][model]
-                        results[model] = merge_runs(results[model], entry) if same and model in results else entry
-                    report["results"] = results
-                    report["configs"] = {**old.get("configs", {}), **report["configs"]}
-            path.write_text(json.dumps(report, indent=2))
+
+        def merged(old: dict | None) -> dict:  # models and seeds benchmarked in separate runs land in one file
+            if old is None or old.get("dataset") != dataset:
+                return report
+            results = dict(old.get("results", {}))
+            for model, entry in report["results"].items():
+                same = old.get("configs", {}).get(model) == report["configs"][model]
+                results[model] = merge_runs(results[model], entry) if same and model in results else entry
+            return {**report, "results": results, "configs": {**old.get("configs", {}), **report["configs"]}}
+
+        update_json(path, merged)
 
     seed_list = list(range(first_seed, first_seed + seeds))
     report = quality(dataset, [m.strip() for m in models.split(",") if m.strip()], seed_list, minutes, threads, write)
@@ -175,11 +183,6 @@ def ablation(dataset, minutes, only, threads):
                 v, t = (evaluate_mixtures(res.model, res.split, stage, [0.0, chosen]) for stage in ("valid", "test"))
                 entry["by_top_b"][str(b)] = {f"direct_weight={w}": {"valid_ndcg@10": v[w]["masked"]["ndcg@10"], "test": t[w]["masked"]}
                                              for w in (0.0, chosen)}
-        with open(path.with_suffix(".lock"), "w") as lock:  # processes splitting the variants take turns
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            report = json.loads(path.read_text()) if path.is_file() else {"variants": {}}
-            report.update(header)
-            report["variants"][label] = entry
-            path.write_text(json.dumps(report, indent=2))
+        update_json(path, lambda old: {**(old or {}), **header, "variants": {**(old or {}).get("variants", {}), label: entry}})
         click.echo(f"{label}: valid NDCG@10 {entry['valid_ndcg@10']:.4f} test NDCG@10 {entry['test']['ndcg@10']:.4f}")
     click.echo(f"-> {path}")

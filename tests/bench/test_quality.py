@@ -1,3 +1,4 @@
+import json
 import pytest
 
 from bench.quality import merge_runs, summarise
@@ -17,3 +18,12 @@ def test_seeds_run_in_separate_processes_summarise_as_one():
     assert merged["seeds"] == [0, 1, 2]
     assert merged["ndcg@10"] == pytest.approx((0.1 + 0.4 + 0.3) / 3)
     assert merged == summarise([fake_run(0, 0.1), fake_run(1, 0.4), fake_run(2, 0.3)])
+
+
+def test_update_json_rewrites_from_the_old_contents(tmp_path):
+    from bench.quality import update_json
+
+    path = tmp_path / "r.json"
+    update_json(path, lambda old: {"seen": old})
+    update_json(path, lambda old: {"seen": old})
+    assert json.loads(path.read_text()) == {"seen": {"seen": None}}
