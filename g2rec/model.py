@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from g2rec.tokenize import INTEREST, ITEM, PAD, TokenBatch, append_interest, interleave
+from g2rec.tokenize import INTEREST, ITEM, PAD, TokenBatch, append_interests, interleave
 
 MODES = ("items", "g2rec")
 
@@ -178,24 +178,29 @@ class G2RecModel(nn.Module):
         pos = (T - 1 - torch.arange(T, device=items.device)).expand(B, T)
         return TokenBatch(kind, items, zeros, zeros.float(), pos)
 
-    def encode(self, tok: TokenBatch) -> torch.Tensor:
-        """Tokens -> hidden states (B, L, C)."""
+    def encode(self, tok: TokenBatch, n_tail: int = 0) -> torch.Tensor:
+        """Tokens -> hidden states (B, L, C). The last n_tail tokens are alternatives for one next
+        position: each sees every token before the tail and itself, never a sibling, and all share
+        the first one's position, so one pass does the work of n_tail passes over the history."""
         B, L = tok.kind.shape
+        idx = torch.arange(L, device=tok.kind.device)
+        tail = idx >= L - n_tail  # (L,)
         x = self.item_vectors(tok.item) * (tok.kind == ITEM).unsqueeze(-1)  # (B, L, C)
         if self.cfg.mode == "g2rec":
             soft = (self.cluster_emb(tok.clusters) * tok.weights.unsqueeze(-1)).sum(2)  # (B, L, C)
             x = x + soft * (tok.kind == INTEREST).unsqueeze(-1)
         if self.cfg.positions == "start":
             # Each pair opens with its interest token (g2rec) or is a single item token (items).
-            opens = tok.kind == (INTEREST if self.cfg.mode == "g2rec" else ITEM)
-            pos = (opens.long().cumsum(1) - 1).clamp(min=0)
+            opens = (tok.kind == (INTEREST if self.cfg.mode == "g2rec" else ITEM)) & ~tail
+            pos = (opens.long().cumsum(1) - 1 + tail.long()).clamp(min=0)
         else:
             pos = tok.pos
         x = x + self.pos_emb(pos.clamp(max=self.cfg.max_len)) + self.kind_emb(tok.kind)
         x = self.drop(self.ln_in(x))
         valid = tok.kind != PAD  # (B, L)
-        causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
-        eye = torch.eye(L, dtype=torch.bool, device=x.device)
+        q, k = idx.unsqueeze(1), idx.unsqueeze(0)
+        eye = q == k
+        causal = (k <= q) & (eye | ~tail.unsqueeze(0))  # (L, L): no key is a sibling in the tail
         # A padding query still attends to itself so no softmax row is empty.
         mask = (causal & (valid.unsqueeze(1) | eye)).unsqueeze(1)  # (B, 1, L, L)
         for block in self.blocks:
@@ -269,17 +274,36 @@ class G2RecModel(nn.Module):
     @torch.no_grad()
     def score_parts(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """g2rec mode: (B, T) -> the two (B, N+1) log-probabilities that `score` mixes: the sum
-        over the top-B interests k of P(k | h) P(item | h, k), and the direct head's P(item | h)."""
-        B = history.shape[0]
+        over the top-B interests k of P(k | h) P(item | h, k), and the direct head's P(item | h).
+        Two passes: the history, then the history followed by its top-B interest tokens as one tail."""
         tok = interleave(history, self.prof_clusters, self.prof_weights, last_pos=1)
         h = self.encode(tok)[:, -1]  # (B, C): the last item token
-        logp_k = F.log_softmax(h @ self.cluster_emb.weight.t(), dim=-1)  # (B, K)
-        top_v, top_k = logp_k.topk(min(self.cfg.top_b, self.cfg.n_clusters), dim=-1)  # (B, Bk)
+        top_v, top_k = self._top_interests(h)  # (B, Bk)
         Bk = top_k.shape[1]
-        prior = F.log_softmax(top_v, dim=-1)  # renormalised over the top-B
+        h2 = self.encode(append_interests(tok, top_k), n_tail=Bk)[:, -Bk:]  # (B, Bk, C)
+        return self._mix_interests(h, top_v, h2)
+
+    @torch.no_grad()
+    def score_parts_reference(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """score_parts the literal way, one pass per interest (B+1 passes); the parity reference."""
+        B = history.shape[0]
+        tok = interleave(history, self.prof_clusters, self.prof_weights, last_pos=1)
+        h = self.encode(tok)[:, -1]
+        top_v, top_k = self._top_interests(h)
+        Bk = top_k.shape[1]
         rep = TokenBatch(*(t.repeat_interleave(Bk, dim=0) for t in (tok.kind, tok.item, tok.clusters, tok.weights, tok.pos)))
-        h2 = self.encode(append_interest(rep, top_k.reshape(-1)))[:, -1]  # (B*Bk, C)
-        item_logp = F.log_softmax(self.item_logits(h2), dim=-1).view(B, Bk, -1)  # (B, Bk, N+1)
+        h2 = self.encode(append_interests(rep, top_k.reshape(-1, 1)))[:, -1]  # (B*Bk, C)
+        return self._mix_interests(h, top_v, h2.view(B, Bk, -1))
+
+    def _top_interests(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C) -> log P(k | h) and ids of the top-B interests, each (B, Bk)."""
+        logp_k = F.log_softmax(h @ self.cluster_emb.weight.t(), dim=-1)  # (B, K)
+        return logp_k.topk(min(self.cfg.top_b, self.cfg.n_clusters), dim=-1)
+
+    def _mix_interests(self, h: torch.Tensor, top_v: torch.Tensor, h2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """h (B, C), top_v (B, Bk), h2 (B, Bk, C) at the appended interest tokens -> score_parts."""
+        prior = F.log_softmax(top_v, dim=-1)  # renormalised over the top-B
+        item_logp = F.log_softmax(self.item_logits(h2), dim=-1)  # (B, Bk, N+1)
         via_interest = torch.logsumexp(prior.unsqueeze(-1) + item_logp, dim=1)  # (B, N+1)
         return via_interest, F.log_softmax(self.item_logits(h), dim=-1)
 

@@ -51,20 +51,22 @@ def interleave(items: torch.Tensor, clusters: torch.Tensor, weights: torch.Tenso
     return TokenBatch(kind, item, cl.view(B, 2 * T, rho), w.view(B, 2 * T, rho), pos.expand(B, 2 * T))
 
 
-def append_interest(tokens: TokenBatch, cluster: torch.Tensor) -> TokenBatch:
-    """Append one hard interest token per row: cluster (B,) -> a TokenBatch of length L+1 at pos 0."""
+def append_interests(tokens: TokenBatch, clusters: torch.Tensor) -> TokenBatch:
+    """Append m hard interest tokens per row, all at pair index 0: clusters (B, m) -> a TokenBatch of
+    length L+m. Encoded with n_tail=m they are m alternatives for the same next pair."""
     B, L, rho = tokens.clusters.shape
-    one = torch.ones(B, 1, dtype=tokens.kind.dtype, device=cluster.device)
-    cl = torch.zeros(B, 1, rho, dtype=tokens.clusters.dtype, device=cluster.device)
-    cl[:, 0, 0] = cluster
-    w = torch.zeros(B, 1, rho, dtype=tokens.weights.dtype, device=cluster.device)
-    w[:, 0, 0] = 1.0
+    m = clusters.shape[1]
+    kind = torch.full((B, m), INTEREST, dtype=tokens.kind.dtype, device=clusters.device)
+    cl = torch.zeros(B, m, rho, dtype=tokens.clusters.dtype, device=clusters.device)
+    cl[:, :, 0] = clusters
+    w = torch.zeros(B, m, rho, dtype=tokens.weights.dtype, device=clusters.device)
+    w[:, :, 0] = 1.0
     return TokenBatch(
-        kind=torch.cat([tokens.kind, one * INTEREST], 1),
-        item=torch.cat([tokens.item, one * 0], 1),
+        kind=torch.cat([tokens.kind, kind], 1),
+        item=torch.cat([tokens.item, torch.zeros_like(kind)], 1),
         clusters=torch.cat([tokens.clusters, cl], 1),
         weights=torch.cat([tokens.weights, w], 1),
-        pos=torch.cat([tokens.pos, one * 0], 1),
+        pos=torch.cat([tokens.pos, torch.zeros_like(kind)], 1),
     )
 
 

@@ -8,8 +8,9 @@ N, K, RHO = 30, 6, 2
 
 def make(mode: str, **kw) -> G2RecModel:
     torch.manual_seed(0)
-    m = G2RecModel(ModelConfig(n_items=N, max_len=8, d_model=16, n_heads=2, n_layers=1, dropout=0.0,
-                               mode=mode, n_clusters=K if mode == "g2rec" else 0, rho=RHO if mode == "g2rec" else 1, **kw))
+    base = dict(n_items=N, max_len=8, d_model=16, n_heads=2, n_layers=1, dropout=0.0, mode=mode,
+                n_clusters=K if mode == "g2rec" else 0, rho=RHO if mode == "g2rec" else 1)
+    m = G2RecModel(ModelConfig(**{**base, **kw}))
     if mode == "g2rec":
         clusters = torch.stack([torch.arange(N + 1) % K, (torch.arange(N + 1) + 1) % K], 1)
         weights = torch.tensor([[0.7, 0.3]]).repeat(N + 1, 1)
@@ -41,6 +42,15 @@ def test_left_padding_does_not_change_scores():
         short = m.score(torch.tensor([[9, 10]]))
         padded = m.score(torch.tensor([[0, 0, 0, 9, 10]]))
         assert torch.allclose(short, padded, atol=1e-5)
+
+
+def test_one_pass_interest_tail_matches_one_pass_per_interest():
+    variants = [{}, {"positions": "start"}, {"positions": "start", "semantic_items": True}, {"hard_tokens": True}]
+    for kw in variants:
+        m = make("g2rec", top_b=3, n_layers=2, **kw).eval()
+        fast, ref = m.score_parts(seqs()[:, :-1]), m.score_parts_reference(seqs()[:, :-1])
+        for a, b in zip(fast, ref):
+            assert torch.allclose(a[:, 1:], b[:, 1:], atol=1e-5), kw
 
 
 def test_training_reduces_loss_in_both_modes():

@@ -2,7 +2,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from g2rec.tokenize import INTEREST, ITEM, PAD, append_interest, interleave, items_of
+from g2rec.tokenize import INTEREST, ITEM, PAD, append_interests, interleave, items_of
 
 N, RHO = 20, 3
 CLUSTERS = torch.randint(0, 8, (N + 1, RHO))
@@ -28,8 +28,9 @@ def test_interleave_round_trips_and_alternates(histories):
     assert tok.pos[0, -1] == 0 and tok.pos[0, 0] == T - 1
 
 
-def test_appended_interest_token_is_hard_and_most_recent():
+def test_appended_interest_tokens_are_hard_and_most_recent():
     items = torch.tensor([[0, 3, 4]])
-    tok = append_interest(interleave(items, CLUSTERS, WEIGHTS, last_pos=1), torch.tensor([5]))
-    assert tok.kind[0, -1] == INTEREST and tok.pos[0, -1] == 0 and tok.pos[0, -2] == 1
-    assert tok.clusters[0, -1].tolist() == [5, 0, 0] and tok.weights[0, -1].tolist() == [1.0, 0.0, 0.0]
+    tok = append_interests(interleave(items, CLUSTERS, WEIGHTS, last_pos=1), torch.tensor([[5, 2]]))
+    assert tok.kind[0, -2:].tolist() == [INTEREST, INTEREST] and tok.pos[0, -2:].tolist() == [0, 0] and tok.pos[0, -3] == 1
+    assert tok.clusters[0, -2].tolist() == [5, 0, 0] and tok.clusters[0, -1].tolist() == [2, 0, 0]
+    assert tok.weights[0, -1].tolist() == [1.0, 0.0, 0.0] and tok.item[0, -2:].tolist() == [0, 0]
