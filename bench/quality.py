@@ -149,15 +149,17 @@ TOP_B = (1, 2, 4, 8)
 @click.command("ablation")
 @click.option("--dataset", default="beauty", show_default=True)
 @click.option("--minutes", type=float, default=6.0, show_default=True, help="training cap per variant")
+@click.option("--epochs", type=int, default=None,
+              help="train every variant for exactly this many epochs (a fair cap on a loaded machine; the time cap still applies)")
 @click.option("--only", default=None, help="comma-separated labels to run (default: all)")
 @click.option("--threads", type=int, default=2, show_default=True)
-def ablation(dataset, minutes, only, threads):
+def ablation(dataset, minutes, epochs, only, threads):
     """G2Rec variants (rho, K, soft/hard tokens, sampling constant c, B), one seed each, side by side."""
     from training.pipeline import PipelineConfig
     from g2rec.train import evaluate_mixtures
 
     path = RESULTS / f"ablation-{dataset}.json"
-    header = {"dataset": dataset, "protocol": PROTOCOL, "hardware": hardware(threads), "minutes_per_variant": minutes,
+    header = {"dataset": dataset, "protocol": PROTOCOL, "hardware": hardware(threads), "minutes_per_variant": minutes, "epochs_per_variant": epochs,
               "note": "one seed, capped training; compare variants with each other, not with quality-*.json"}
     wanted = set(only.split(",")) if only else None
     for label, over in ABLATIONS:
@@ -167,10 +169,13 @@ def ablation(dataset, minutes, only, threads):
         for part, values in over.items():
             base[part] = {**base[part], **values}
         base["train"]["max_minutes"] = minutes
+        if epochs is not None:
+            base["train"].update(epochs=epochs, patience=epochs)
         base["threads"] = threads
         res = run(PipelineConfig.from_dict(base))
         entry = {"valid_ndcg@10": res.metrics["valid"]["masked"]["ndcg@10"], "test": res.metrics["test"]["masked"],
                  "test_unmasked": res.metrics["test"]["unmasked"], "train_seconds": res.metrics["train_seconds"],
+                 "best_epoch": res.metrics["best_epoch"], "epochs_run": res.metrics["epochs_run"], "curve": res.metrics["curve"],
                  "direct_weight_search": res.metrics.get("direct_weight_search"),
                  "cluster_report": res.metrics.get("cluster_report"), "overrides": over}
         if label == "base":
