@@ -31,6 +31,7 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     ema: float = 0.0  # > 0: validate, early-stop and keep an exponential moving average of the weights at this decay per step
+    target_weighting: bool = False  # scale each batch's mean loss by its share of targets, so every target weighs the same
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ema < 1.0:
@@ -79,6 +80,17 @@ def length_batches(seqs: list[np.ndarray], batch_size: int, rng: np.random.Gener
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for c in rng.permutation(len(chunks)):
         yield pad_left([seqs[i] for i in chunks[c]])
+
+
+def batch_loss(model: G2RecModel, batch: torch.Tensor, mean_targets: float | None) -> torch.Tensor:
+    """The model's mean loss on one (B, T+1) batch; with mean_targets (targets per batch over the
+    epoch) scaled by the batch's share of targets, so that every target weighs the same. Batches are
+    length-sorted, so their target counts differ up to 25-fold: a plain mean weighs a short
+    history's transitions that much more than a long one's."""
+    loss, _ = model.loss(batch)
+    if mean_targets is None:
+        return loss
+    return loss * ((batch[:, :-1] > 0).sum() / mean_targets)
 
 
 @torch.no_grad()
@@ -141,6 +153,7 @@ def fit(model: G2RecModel, split: LooSplit, cfg: TrainConfig) -> FitResult:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     seqs = training_sequences(split.train, model.cfg.max_len)
+    mean_targets = sum(len(s) - 1 for s in seqs) / -(-len(seqs) // cfg.batch_size)  # per batch
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     params = list(model.parameters())
     avg = [p.detach().clone() for p in params] if cfg.ema > 0 else None
@@ -153,7 +166,7 @@ def fit(model: G2RecModel, split: LooSplit, cfg: TrainConfig) -> FitResult:
         model.train()
         losses = []
         for batch in length_batches(seqs, cfg.batch_size, rng):
-            loss, _ = model.loss(batch)
+            loss = batch_loss(model, batch, mean_targets if cfg.target_weighting else None)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

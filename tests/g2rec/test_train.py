@@ -5,7 +5,7 @@ import torch
 from g2rec.metrics import loo_split
 from g2rec.model import G2RecModel, ModelConfig
 from g2rec.synth import SynthConfig, synth_interactions
-from g2rec.train import TrainConfig, _weights, evaluate, fit, length_batches
+from g2rec.train import TrainConfig, _weights, batch_loss, evaluate, fit, length_batches, pad_left
 
 
 def test_batches_cover_every_sequence_once():
@@ -14,6 +14,25 @@ def test_batches_cover_every_sequence_once():
     got = sorted(tuple(int(v) for v in row if v) for b in batches for row in b)
     assert got == sorted(tuple(s.tolist()) for s in seqs)
     assert [len(b) for b in batches].count(3) == 2
+
+
+def test_target_weighting_weighs_every_target_the_same():
+    # Full softmax, no dropout: deterministic losses. Over an epoch of length-sorted batches, the
+    # weighted batch losses add up to the sum over all targets divided by the mean targets per batch;
+    # the plain means do not (short batches would count more).
+    torch.manual_seed(0)
+    m = G2RecModel(ModelConfig(n_items=20, max_len=12, d_model=8, n_heads=2, n_layers=1, dropout=0.0)).eval()
+    torch.nn.init.normal_(m.item_emb.weight, std=3.0)  # losses far from uniform, so the weighting shows
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(1, 21, size=n) for n in (2, 2, 3, 3, 12, 13, 13, 13)]
+    batches = list(length_batches(seqs, 2, rng))
+    mean_targets = sum(len(s) - 1 for s in seqs) / len(batches)
+    with torch.no_grad():
+        per_target = torch.cat([m.loss(pad_left([s]))[0].view(1) * (len(s) - 1) for s in seqs]).sum()
+        weighted = sum(batch_loss(m, b, mean_targets) for b in batches)
+        plain = sum(batch_loss(m, b, None) for b in batches)
+    assert weighted.item() == pytest.approx(per_target.item() / mean_targets, rel=1e-5)
+    assert plain.item() != pytest.approx(per_target.item() / mean_targets, rel=1e-2)
 
 
 def test_weights_context_swaps_in_and_restores():
