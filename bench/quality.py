@@ -84,7 +84,7 @@ def quality(dataset: str, models: list[str], seeds: list[int], minutes: float | 
         for seed in seeds:
             res = run(replace(cfg, train=replace(cfg.train, seed=seed)))
             m = res.metrics
-            runs.append({"seed": seed, **{k: m[k] for k in ("test", "valid", "train_seconds", "best_epoch", "params")},
+            runs.append({"seed": seed, **{k: m[k] for k in ("test", "valid", "train_seconds", "best_epoch", "epochs_run", "params", "curve")},
                          "extra": {k: m[k] for k in ("direct_weight_search", "cluster_report", "graph_edges") if k in m}})
             click.echo(f"{dataset} {model} seed {seed}: test NDCG@10 {m['test']['masked']['ndcg@10']:.4f} "
                        f"Recall@10 {m['test']['masked']['recall@10']:.4f} ({m['train_seconds']:.0f}s)")

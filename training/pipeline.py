@@ -128,7 +128,7 @@ def run(cfg: PipelineConfig, out: Path | None = None, data: Interactions | None 
     return RunResult(model, split, profiles, metrics)
 
 
-DIRECT_WEIGHTS = (0.0, 0.3, 0.5, 0.7, 0.9, 0.95, 0.98)
+DIRECT_WEIGHTS = (0.0, 0.3, 0.5, 0.7, 0.9, 0.95, 0.98, 0.99)
 
 
 def choose_direct_weight(model: G2RecModel, split: LooSplit) -> dict[str, float]:
