@@ -26,8 +26,8 @@ _TRAIN = {"epochs": 300, "batch_size": 256, "lr": 2e-3, "eval_every": 3, "patien
           "target_weighting": True}
 # Items mode learns best at lr 1e-3 once targets weigh the same (validation 0.0689 at epoch 24 against
 # 0.0670 at epoch 15 with 2e-3). G2Rec keeps 2e-3: an epoch costs it about 3x an items-only one
-# (twice the tokens, B extra encodings per validation), and its time cap binds: at 45 minutes every
-# Beauty seed was still improving (bench/README.md).
+# (twice the tokens, B extra encodings per validation). At 45 minutes Beauty seeds were still rising
+# slowly; a 90-minute run of seed 0 added +0.4% on validation at the chosen weight (bench/README.md).
 _ITEMS_TRAIN = {"lr": 1e-3}
 _G2REC_TRAIN = {"max_minutes": 45.0}
 _GRAPH: dict = {}
