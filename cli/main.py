@@ -7,6 +7,8 @@ import importlib
 
 import click
 
+from cli.errors import DEBUG_KEY, TranslatingGroup
+
 # name -> "module:attribute" of a click command.
 COMMANDS = {
     "demo": "training.cli:demo",
@@ -34,7 +36,7 @@ def _load(target: str) -> click.Command:
     return getattr(importlib.import_module(module), attr)
 
 
-class LazyGroup(click.Group):
+class LazyGroup(TranslatingGroup):
     def __init__(self, *args, table: dict[str, str], **kwargs):
         super().__init__(*args, **kwargs)
         self.table = table
@@ -59,15 +61,16 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, table=COMMANDS)
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="show the traceback of an error (also G2REC_DEBUG=1)")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
     """g2rec: streaming generative recommender (G2Rec)."""
+    ctx.meta[DEBUG_KEY] = debug
 
 
 @cli.group(cls=LazyGroup, table=BENCHMARKS, name="bench")
 def bench() -> None:
     """Benchmarks; each writes bench/results/NAME*.json."""
-
-
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from g2rec.ranking import exclude_seen
 from g2rec.types import Interactions
 
 KS = (5, 10, 20)
@@ -82,11 +83,7 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, exclude: list[np.n
     A target that is itself excluded can never be hit: its rank is N.
     """
     scores = scores.float().clone()
-    scores[:, 0] = -torch.inf
-    if exclude is not None:
-        rows = np.repeat(np.arange(len(exclude)), [len(h) for h in exclude])
-        cols = np.concatenate(exclude) if len(exclude) else np.zeros(0, dtype=np.int64)
-        scores[torch.as_tensor(rows), torch.as_tensor(cols, dtype=torch.long)] = -torch.inf
+    exclude_seen(scores, exclude)
     t = scores.gather(1, targets.view(-1, 1))  # (B, 1)
     ahead = (scores > t).sum(1) + (scores == t).sum(1) - 1  # ties count against the target
     n_items = scores.shape[1] - 1

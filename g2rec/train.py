@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from g2rec.metrics import LooSplit, metrics_from_ranks, target_ranks
 from g2rec.model import G2RecModel, mix
+from g2rec.ranking import pad_left
 from g2rec.types import Interactions
 
 log = logging.getLogger(__name__)
@@ -63,23 +64,12 @@ def training_sequences(train: Interactions, max_len: int) -> list[np.ndarray]:
     return out
 
 
-def pad_left(seqs: list[np.ndarray], length: int | None = None) -> torch.Tensor:
-    """Variable-length id arrays -> (B, T) int64, left-padded with 0 and left-truncated to T."""
-    T = length or max(len(s) for s in seqs)
-    out = np.zeros((len(seqs), T), dtype=np.int64)
-    for b, s in enumerate(seqs):
-        s = s[-T:]
-        if len(s):
-            out[b, T - len(s) :] = s
-    return torch.from_numpy(out)
-
-
 def length_batches(seqs: list[np.ndarray], batch_size: int, rng: np.random.Generator):
     """Shuffled batches of similar length (little padding), each (B, T+1)."""
     order = np.argsort([len(s) + rng.random() for s in seqs], kind="stable")
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for c in rng.permutation(len(chunks)):
-        yield pad_left([seqs[i] for i in chunks[c]])
+        yield torch.from_numpy(pad_left([seqs[i] for i in chunks[c]]))
 
 
 def batch_loss(model: G2RecModel, batch: torch.Tensor, mean_targets: float | None) -> torch.Tensor:
@@ -118,7 +108,7 @@ def _evaluate(model: G2RecModel, split: LooSplit, stage: str, batch_size: int, w
     for i in range(0, len(order), batch_size):
         idx = order[i : i + batch_size]
         hist = [inputs[j] for j in idx]
-        x = pad_left(hist, min(model.cfg.max_len, max(len(h) for h in hist)))
+        x = torch.from_numpy(pad_left(hist, min(model.cfg.max_len, max(len(h) for h in hist))))
         t = torch.as_tensor(targets[idx])
         parts = model.score_parts(x) if weights != [None] else None
         for w, (masked, unmasked) in ranks.items():

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from g2rec.ranking import exclude_seen, pad_left, top_k
+
 
 @dataclass(frozen=True)
 class ScorerConfig:
@@ -45,21 +47,11 @@ class OnnxScorer:
         if not histories:
             raise ValueError("no histories to score")
         T = max(1, min(self.cfg.max_len, max(len(h) for h in histories)))
-        batch = np.zeros((len(histories), T), dtype=np.int64)
-        for b, h in enumerate(histories):
-            h = np.asarray(h, dtype=np.int64)[-T:]
-            batch[b, T - len(h):] = h
-        return self.session.run(["scores"], {"history": batch})[0]
+        return self.session.run(["scores"], {"history": pad_left(histories, T)})[0]
 
     def recommend(self, histories: list[np.ndarray], k: int = 10) -> list[Recommendation]:
-        """Top-k items per user, items already in the history excluded."""
+        """Top-k items per user by the rule of g2rec.ranking: the last max_len items are scored,
+        the whole history is excluded, fewer than k items come back when fewer remain."""
         scores = self.scores(histories)
-        out = []
-        for b, h in enumerate(histories):
-            s = scores[b].copy()
-            s[np.asarray(h, dtype=np.int64)] = -np.inf
-            s[0] = -np.inf
-            top = np.argpartition(-s, k)[:k]
-            top = top[np.argsort(-s[top])]
-            out.append(Recommendation(top, s[top]))
-        return out
+        exclude_seen(scores, histories)
+        return [Recommendation(i, s) for i, s in zip(*top_k(scores, k))]

@@ -89,7 +89,7 @@ def demo(dataset, models, minutes, out):
     """The offline pipeline end to end: load, (cluster,) train, evaluate, show a few users' top-10."""
     import torch
 
-    from g2rec.train import pad_left
+    from g2rec.ranking import exclude_seen, pad_left, top_k
 
     rows, res = {}, None
     for model in [m.strip() for m in models.split(",") if m.strip()]:
@@ -100,10 +100,10 @@ def demo(dataset, models, minutes, out):
     click.echo(metrics_table(rows))
     split, model = res.split, res.model
     hist = split.inputs("test")[:3]
-    scores = model.score(pad_left(hist, model.cfg.max_len))
-    for row, h in enumerate(hist):
-        scores[row, torch.as_tensor(h)] = -torch.inf
-    top = scores.topk(10, dim=1).indices.numpy()
+    with torch.no_grad():
+        scores = model.score(torch.from_numpy(pad_left(hist, model.cfg.max_len))).numpy()
+    exclude_seen(scores, hist)
+    top, _ = top_k(scores, 10)
     ids = split.full.item_ids
     for row, u in enumerate(split.users[:3]):
         click.echo(f"user {split.full.user_ids[u]} ({model.cfg.mode}): recent {ids[hist[row][-5:]].tolist()} -> top-10 {ids[top[row]].tolist()}")

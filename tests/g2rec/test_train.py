@@ -5,7 +5,8 @@ import torch
 from g2rec.metrics import loo_split
 from g2rec.model import G2RecModel, ModelConfig
 from g2rec.synth import SynthConfig, synth_interactions
-from g2rec.train import TrainConfig, _weights, batch_loss, evaluate, fit, length_batches, pad_left
+from g2rec.ranking import pad_left
+from g2rec.train import TrainConfig, _weights, batch_loss, evaluate, fit, length_batches
 
 
 def test_batches_cover_every_sequence_once():
@@ -28,7 +29,7 @@ def test_target_weighting_weighs_every_target_the_same():
     batches = list(length_batches(seqs, 2, rng))
     mean_targets = sum(len(s) - 1 for s in seqs) / len(batches)
     with torch.no_grad():
-        per_target = torch.cat([m.loss(pad_left([s]))[0].view(1) * (len(s) - 1) for s in seqs]).sum()
+        per_target = torch.cat([m.loss(torch.from_numpy(pad_left([s])))[0].view(1) * (len(s) - 1) for s in seqs]).sum()
         weighted = sum(batch_loss(m, b, mean_targets) for b in batches)
         plain = sum(batch_loss(m, b, None) for b in batches)
     assert weighted.item() == pytest.approx(per_target.item() / mean_targets, rel=1e-5)

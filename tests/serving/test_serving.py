@@ -44,9 +44,9 @@ def test_onnx_reproduces_eager_scores_for_any_batch_and_length(exported):
     rng = np.random.default_rng(0)
     for B, T in [(1, 1), (3, 5), (7, 12)]:
         hist = [rng.integers(1, N + 1, size=rng.integers(1, T + 1)) for _ in range(B)]
-        from g2rec.train import pad_left
+        from g2rec.ranking import pad_left
 
-        eager = m.score(pad_left(hist, max(len(h) for h in hist))).numpy()
+        eager = m.score(torch.from_numpy(pad_left(hist, max(len(h) for h in hist)))).numpy()
         onnx = scorer.scores(hist)
         finite = np.isfinite(eager)
         assert np.array_equal(finite, np.isfinite(onnx))
