@@ -26,7 +26,7 @@ def pad_left(seqs: Sequence[np.ndarray], length: int | None = None) -> np.ndarra
     T = length if length is not None else max((len(s) for s in seqs), default=0)
     out = np.zeros((len(seqs), T), dtype=np.int64)
     for b, s in enumerate(seqs):
-        s = np.asarray(s, dtype=np.int64)[len(s) - T:] if T else s[:0]
+        s = np.asarray(s, dtype=np.int64)[-T:] if T else s[:0]
         if len(s):
             out[b, T - len(s):] = s
     return out
