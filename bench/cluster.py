@@ -159,10 +159,11 @@ def bench_planted(n_items: int, n_interests: int, cfg: ClusterConfig, seed: int,
 
 
 def beauty_graph() -> EdgeSnapshot:
+    from cli.context import data_root
     from g2rec.data import load_dataset
     from g2rec.metrics import loo_split
 
-    return build_graph(loo_split(load_dataset("beauty")).train, GraphConfig())
+    return build_graph(loo_split(load_dataset("beauty", data_root())).train, GraphConfig())
 
 
 def matched_resolution(snapshot: EdgeSnapshot, target: int, seed: int, log) -> tuple[float, np.ndarray, float]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from cli.context import data_root
 from g2rec.metrics import METRIC_NAMES
 from training.pipeline import run
 from training.presets import preset
@@ -77,7 +78,7 @@ def quality(dataset: str, models: list[str], seeds: list[int], minutes: float | 
     results, configs = {}, {}
     report = {"dataset": dataset, "protocol": PROTOCOL, "hardware": hardware(threads), "results": results, "configs": configs}
     for model in models:
-        cfg = replace(preset(dataset, model), threads=threads)
+        cfg = replace(preset(dataset, model, data_root()), threads=threads)
         if minutes is not None:
             cfg = replace(cfg, train=replace(cfg.train, max_minutes=minutes))
         runs = []
@@ -155,7 +156,7 @@ TOP_B = (1, 2, 4, 8)
 @click.option("--threads", type=int, default=2, show_default=True)
 def ablation(dataset, minutes, epochs, only, threads):
     """G2Rec variants (rho, K, soft/hard tokens, sampling constant c, B), one seed each, side by side."""
-    from training.pipeline import PipelineConfig
+    from g2rec.config import deep_merge, override
     from g2rec.train import evaluate_mixtures
 
     path = RESULTS / f"ablation-{dataset}.json"
@@ -165,14 +166,9 @@ def ablation(dataset, minutes, epochs, only, threads):
     for label, over in ABLATIONS:
         if wanted and label not in wanted:
             continue
-        base = preset(dataset, "g2rec").to_dict()
-        for part, values in over.items():
-            base[part] = {**base[part], **values}
-        base["train"]["max_minutes"] = minutes
-        if epochs is not None:
-            base["train"].update(epochs=epochs, patience=epochs)
-        base["threads"] = threads
-        res = run(PipelineConfig.from_dict(base))
+        budget = {"max_minutes": minutes, **({"epochs": epochs, "patience": epochs} if epochs is not None else {})}
+        cfg = override(preset(dataset, "g2rec", data_root()), deep_merge(over, {"train": budget, "threads": threads}), label)
+        res = run(cfg)
         entry = {"valid_ndcg@10": res.metrics["valid"]["masked"]["ndcg@10"], "test": res.metrics["test"]["masked"],
                  "test_unmasked": res.metrics["test"]["unmasked"], "train_seconds": res.metrics["train_seconds"],
                  "best_epoch": res.metrics["best_epoch"], "epochs_run": res.metrics["epochs_run"], "curve": res.metrics["curve"],

@@ -3,10 +3,9 @@ exit status 2. `--debug` on the `g2rec` command, or G2REC_DEBUG=1, shows the tra
 
 from __future__ import annotations
 
-import os
-
 import click
 
+from cli.context import debug_enabled
 from g2rec.errors import G2RecError
 
 EXIT_USER_ERROR = 2
@@ -17,13 +16,6 @@ class UserError(click.ClickException):
 
     def format_message(self) -> str:
         return " ".join(self.message.split())  # one line, whatever the message held
-
-
-DEBUG_KEY = "g2rec.debug"  # in click's ctx.meta, shared by every context of one invocation
-
-
-def debug_enabled(ctx: click.Context) -> bool:
-    return bool(ctx.meta.get(DEBUG_KEY)) or os.environ.get("G2REC_DEBUG", "") not in ("", "0")
 
 
 class TranslatingGroup(click.Group):

@@ -7,7 +7,8 @@ import importlib
 
 import click
 
-from cli.errors import DEBUG_KEY, TranslatingGroup
+from cli.context import DATA_ROOT_KEY, DEBUG_KEY
+from cli.errors import TranslatingGroup
 
 # name -> "module:attribute" of a click command.
 COMMANDS = {
@@ -62,10 +63,13 @@ class LazyGroup(TranslatingGroup):
 
 @click.group(cls=LazyGroup, table=COMMANDS)
 @click.option("--debug", is_flag=True, help="show the traceback of an error (also G2REC_DEBUG=1)")
+@click.option("--data-root", envvar="G2REC_DATA", type=click.Path(file_okay=False), default=None,
+              help="folder of the public datasets [default: $G2REC_DATA, else ../shared/data, else ./data]")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli(ctx: click.Context, debug: bool, data_root: str | None) -> None:
     """g2rec: streaming generative recommender (G2Rec)."""
     ctx.meta[DEBUG_KEY] = debug
+    ctx.meta[DATA_ROOT_KEY] = data_root
 
 
 @cli.group(cls=LazyGroup, table=BENCHMARKS, name="bench")

@@ -32,6 +32,8 @@ from feast.utils import to_naive_utc
 
 from .encoding import timestamp_bytes
 
+from g2rec.errors import StateError
+
 
 @dataclass(frozen=True)
 class Column:
@@ -64,7 +66,7 @@ class OnlineBackend(Protocol):
     def close(self) -> None: ...
 
 
-class StoreNotAppliedError(RuntimeError):
+class StoreNotAppliedError(StateError):
     """The online store has no table for a feature view: `g2rec features apply` was not run."""
 
 

@@ -45,10 +45,7 @@ def _repo(ctx: click.Context):
 @click.pass_context
 def features(ctx: click.Context, root: Path | None, online: str | None, redis: str | None) -> None:
     """The Feast feature store: versioned interest profiles, prototypes, recent histories."""
-    try:
-        ctx.obj = StoreConfig.from_env(root=root, online=online, redis=redis)
-    except ValueError as e:
-        raise click.UsageError(str(e)) from e
+    ctx.obj = StoreConfig.from_env(root=root, online=online, redis=redis)
 
 
 @features.command("config")
@@ -69,12 +66,13 @@ def apply(ctx: click.Context) -> None:
 
 
 def _load_profiles(path: Path):
+    from g2rec.errors import DataError
     from g2rec.types import InterestProfiles
 
     with np.load(path, allow_pickle=False) as z:
         missing = {"clusters", "weights", "item_ids", "n_clusters", "version"} - set(z.files)
         if missing:
-            raise click.BadParameter(f"{path}: missing arrays {sorted(missing)}", param_hint="--from")
+            raise DataError(f"{path}: missing arrays {sorted(missing)}", fix="publish the profiles.npz of a g2rec-mode run directory")
         return InterestProfiles(clusters=z["clusters"], weights=z["weights"], item_ids=z["item_ids"],
                                 n_clusters=int(z["n_clusters"]), version=int(z["version"]))
 
@@ -85,7 +83,7 @@ def _load_profiles(path: Path):
 @click.option("--synthetic", type=int, default=None, help="Publish a random stand-in for this many items.")
 @click.option("--rho", type=int, default=4, show_default=True)
 @click.option("--clusters", "n_clusters", type=int, default=256, show_default=True)
-@click.option("--version", type=int, default=None, help="Version (default: the file's, or current + 1).")
+@click.option("--version", type=int, default=None, help="Version (default: the current version + 1).")
 @click.option("--offline/--no-offline", default=False, show_default=True,
               help="Also append the rows to the offline store.")
 @click.pass_context
@@ -100,14 +98,13 @@ def publish(ctx: click.Context, path: Path | None, synthetic: int | None, rho: i
     if (path is None) == (synthetic is None):
         raise click.UsageError("give exactly one of --from FILE or --synthetic N")
     with _repo(ctx) as repo:
+        # Versions come from the store (current + 1) unless --version names one.
+        if version is None:
+            version = (FeatureLookup(repo).current_version() or 0) + 1
         if path is not None:
-            profiles = _load_profiles(path)
+            profiles = dataclasses.replace(_load_profiles(path), version=version)
         else:
-            assert synthetic is not None
-            current = FeatureLookup(repo).current_version()
-            profiles = stand_in_profiles(synthetic, rho, n_clusters, (current or 0) + 1)
-        if version is not None:
-            profiles = dataclasses.replace(profiles, version=version)
+            profiles = stand_in_profiles(synthetic, rho, n_clusters, version)
         result = publish_profiles(repo, profiles, offline=offline)
     click.echo(json.dumps({**dataclasses.asdict(result), "rows_per_s": round(result.rows_per_s)}))
 
@@ -139,7 +136,6 @@ def lookup(ctx: click.Context, items: str | None, users: str | None, clusters: s
            version: int | None) -> None:
     """Print features as JSON; missing entities are listed under "missing"."""
     from .lookup import FeatureLookup
-    from .pointer import VersionNotOnlineError
 
     item_ids, user_ids, cluster_ids = _ids(items, "--items"), _ids(users, "--users"), _ids(clusters, "--clusters")
     if not (item_ids or user_ids or cluster_ids):
@@ -147,23 +143,20 @@ def lookup(ctx: click.Context, items: str | None, users: str | None, clusters: s
     out: dict = {}
     with _repo(ctx) as repo:
         lk = FeatureLookup(repo)
-        try:
-            if item_ids:
-                p = lk.profiles(item_ids, version)
-                out["profiles"] = {
-                    "version": p.version, "missing": p.missing.tolist(),
-                    "items": {str(i): {"clusters": c.tolist(), "weights": [round(float(x), 6) for x in w],
-                                       "primary_cluster": int(pc)}
-                              for i, c, w, pc, f in zip(p.item_ids, p.clusters, p.weights, p.primary, p.found) if f},
-                }
-            if cluster_ids:
-                q = lk.prototypes(cluster_ids, version)
-                out["prototypes"] = {
-                    "version": q.version, "profile_version": q.profile_version, "missing": q.missing.tolist(),
-                    "clusters": {str(c): v.tolist() for c, v, f in zip(q.cluster_ids, q.vectors, q.found) if f},
-                }
-        except VersionNotOnlineError as e:
-            raise click.ClickException(str(e)) from e
+        if item_ids:
+            p = lk.profiles(item_ids, version)
+            out["profiles"] = {
+                "version": p.version, "missing": p.missing.tolist(),
+                "items": {str(i): {"clusters": c.tolist(), "weights": [round(float(x), 6) for x in w],
+                                   "primary_cluster": int(pc)}
+                          for i, c, w, pc, f in zip(p.item_ids, p.clusters, p.weights, p.primary, p.found) if f},
+            }
+        if cluster_ids:
+            q = lk.prototypes(cluster_ids, version)
+            out["prototypes"] = {
+                "version": q.version, "profile_version": q.profile_version, "missing": q.missing.tolist(),
+                "clusters": {str(c): v.tolist() for c, v, f in zip(q.cluster_ids, q.vectors, q.found) if f},
+            }
         if user_ids:
             h = lk.histories(user_ids)
             out["histories"] = {

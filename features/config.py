@@ -24,6 +24,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from g2rec.errors import ConfigError
+
 ONLINE_BACKENDS = ("sqlite", "redis", "postgres")
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -62,13 +64,13 @@ class StoreConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root).resolve())
         if self.online not in ONLINE_BACKENDS:
-            raise ValueError(f"online={self.online!r}: expected one of {', '.join(ONLINE_BACKENDS)}")
+            raise ConfigError(f"online={self.online!r}", f"expected one of {', '.join(ONLINE_BACKENDS)}")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_]*", self.project):
-            raise ValueError(f"project={self.project!r}: use letters, digits and underscores")
+            raise ConfigError(f"project={self.project!r}", "use letters, digits and underscores")
         if self.history_len < 1:
-            raise ValueError(f"history_len={self.history_len} must be >= 1")
+            raise ConfigError(f"history_len={self.history_len}", "must be >= 1")
         if not re.fullmatch(r"[^,:\s]+:\d+(,.*)?", self.redis):
-            raise ValueError(f"redis={self.redis!r}: expected host:port[,option=value...]")
+            raise ConfigError(f"redis={self.redis!r}", "expected host:port[,option=value...]")
 
     @property
     def data_dir(self) -> Path:
@@ -121,7 +123,7 @@ class StoreConfig:
         if "G2REC_FEAST_ONLINE" in env:
             backend = env["G2REC_FEAST_ONLINE"].strip().lower()
             if backend not in ONLINE_BACKENDS:
-                raise ValueError(f"G2REC_FEAST_ONLINE={backend!r}: expected one of {', '.join(ONLINE_BACKENDS)}")
+                raise ConfigError(f"G2REC_FEAST_ONLINE={backend!r}", f"expected one of {', '.join(ONLINE_BACKENDS)}")
             kw["online"] = backend
         if "G2REC_REDIS" in env:
             kw["redis"] = env["G2REC_REDIS"]
@@ -132,7 +134,7 @@ class StoreConfig:
                 pg[key] = env[var]
         if "G2REC_PG_PORT" in env:
             if not env["G2REC_PG_PORT"].isdigit():
-                raise ValueError(f"G2REC_PG_PORT={env['G2REC_PG_PORT']!r} is not a port number")
+                raise ConfigError(f"G2REC_PG_PORT={env['G2REC_PG_PORT']!r}", "is not a port number")
             pg["port"] = int(env["G2REC_PG_PORT"])
         if pg:
             kw["postgres"] = PostgresSettings(**pg)

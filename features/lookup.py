@@ -23,10 +23,12 @@ from .pointer import read_pointer
 from .publish import PROFILES, PROTOTYPES
 from .store import FeatureRepo
 
+from g2rec.errors import StateError
+
 HISTORY = "user_recent_history"
 
 
-class ConcurrentPublishError(RuntimeError):
+class ConcurrentPublishError(StateError):
     """Publishes kept overwriting the slot being read; retried and gave up."""
 
 

@@ -18,11 +18,13 @@ from feast.infra.key_encoding_utils import serialize_entity_key
 from .encoding import ENTITY_KEY_VERSION, entity_key_proto, int64_values
 from .backends import Column
 
+from g2rec.errors import StateError
+
 VIEW = "version_pointer"
 NONE = -1  # no version
 
 
-class VersionNotOnlineError(LookupError):
+class VersionNotOnlineError(StateError, LookupError):
     """The asked-for version is not (or no longer) readable from the online store."""
 
 

@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pandas as pd
 
+from g2rec.errors import DataError
 from g2rec.types import InterestProfiles
 
 from .backends import Column
@@ -36,7 +37,7 @@ PROFILES = "item_interest_profile"
 PROTOTYPES = "cluster_prototype"
 
 
-class PublishError(ValueError):
+class PublishError(DataError):
     """The version cannot be published (not newer than the current one, bad input)."""
 
 

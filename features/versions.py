@@ -15,10 +15,12 @@ from sqlalchemy import BigInteger, DateTime, Float, Integer, String, Text, Uniqu
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from g2rec.errors import StateError
+
 STATES = ("writing", "current", "previous", "retired", "failed")
 
 
-class PublishInProgressError(RuntimeError):
+class PublishInProgressError(StateError):
     """Another publish of the same feature set holds the lock."""
 
 

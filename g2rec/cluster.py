@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from g2rec.errors import ConfigError
 from g2rec.modularity import dense_soft_modularity, hard_modularity, nmi, soft_modularity
 from g2rec.partition import (
     WorkGraph,
@@ -109,21 +110,21 @@ class ClusterConfig:
 
     def __post_init__(self) -> None:
         if self.n_clusters < 1:
-            raise ValueError(f"n_clusters={self.n_clusters} must be >= 1")
+            raise ConfigError(f"n_clusters={self.n_clusters} must be >= 1")
         if not 1 <= self.rho <= self.n_candidates:
-            raise ValueError(f"need 1 <= rho={self.rho} <= n_candidates={self.n_candidates}")
+            raise ConfigError(f"need 1 <= rho={self.rho} <= n_candidates={self.n_candidates}")
         if self.n_candidates > 127:
-            raise ValueError(f"n_candidates={self.n_candidates} must be <= 127")
+            raise ConfigError(f"n_candidates={self.n_candidates} must be <= 127")
         if self.temperature <= 0 or self.lr <= 0:
-            raise ValueError(f"temperature={self.temperature} and lr={self.lr} must be positive")
+            raise ConfigError(f"temperature={self.temperature} and lr={self.lr} must be positive")
         if self.iters < 0 or self.init_rounds < 0 or self.refresh_every < 1:
-            raise ValueError("iters and init_rounds must be >= 0, refresh_every >= 1")
+            raise ConfigError("iters and init_rounds must be >= 0, refresh_every >= 1")
         if self.collapse_weight < 0 or self.resolution <= 0:
-            raise ValueError("collapse_weight must be >= 0 and resolution > 0")
+            raise ConfigError("collapse_weight must be >= 0 and resolution > 0")
         if self.init not in ("auto", "lpa", "moves"):
-            raise ValueError(f"init={self.init!r} must be 'auto', 'lpa' or 'moves'")
+            raise ConfigError(f"init={self.init!r} must be 'auto', 'lpa' or 'moves'")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise ValueError(f"device={self.device!r} must be 'auto', 'cpu' or 'cuda[:n]'")
+            raise ConfigError(f"device={self.device!r} must be 'auto', 'cpu' or 'cuda[:n]'")
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ Formats
 - csv:       any CSV or Parquet file with user, item, timestamp columns (names configurable).
 - s3rec-ts:  an S3-Rec item file plus an aligned time file (line k of each: `user v1 v2 ...`).
 
-Datasets are found by name under a data root: $G2REC_DATA, else ../shared/data beside the project
-when it exists, else ./data.
+Datasets are found by name under the data root the caller gives, else ../shared/data beside the
+project, else ./data (the `g2rec` command passes --data-root / $G2REC_DATA in).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from g2rec.errors import DataError
 from g2rec.types import Interactions
 
 FORMATS = ("s3rec", "movielens", "csv", "s3rec-ts")
@@ -41,26 +42,14 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
-class DatasetError(ValueError):
+class DatasetError(DataError):
     """A dataset is missing or malformed; the message names the file (and line)."""
 
 
 def data_roots() -> list[Path]:
-    """Candidate data roots, in the order they are searched."""
-    env = os.environ.get("G2REC_DATA")
-    if env:
-        return [Path(env)]
+    """Where named datasets are looked for when no root is given, in order."""
     project = Path(__file__).resolve().parent.parent
     return [project.parent / "shared" / "data", Path.cwd() / "data"]
-
-
-def data_root() -> Path:
-    """The first existing data root ($G2REC_DATA always wins, even if missing)."""
-    roots = data_roots()
-    for root in roots:
-        if root.is_dir():
-            return root
-    return roots[0]
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None) -> Interactions:
@@ -76,7 +65,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None) -> Interactio
     looked = ", ".join(str(r / spec.folder) for r in roots)
     raise DatasetError(
         f"dataset {name!r} not found: looked for {', '.join(spec.files)} in {looked} "
-        "(set $G2REC_DATA or pass --dataset-path)"
+        "(name the data root, or give the dataset's file and format)"
     )
 
 

@@ -30,10 +30,11 @@ class G2RecError(Exception):
 
 
 class ConfigError(G2RecError, ValueError):
-    """A configuration is invalid: `where` names the file or key path, `problem` what is wrong."""
+    """A configuration is invalid: `where` names the file, key path or value, `problem` what is
+    wrong (or `where` alone is the whole message)."""
 
-    def __init__(self, where: str, problem: str, fix: str | None = None) -> None:
-        super().__init__(f"{where}: {problem}", fix)
+    def __init__(self, where: str, problem: str | None = None, fix: str | None = None) -> None:
+        super().__init__(f"{where}: {problem}" if problem else where, fix)
         self.where = where
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from g2rec.errors import ConfigError
 from g2rec.types import EdgeSnapshot, Interactions
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -52,15 +53,15 @@ class GraphConfig:
 
     def __post_init__(self) -> None:
         if self.c <= 0 or self.c_prime <= 0:
-            raise ValueError(f"c={self.c} and c_prime={self.c_prime} must be positive")
+            raise ConfigError(f"c={self.c} and c_prime={self.c_prime} must be positive")
         if self.window < 1:
-            raise ValueError(f"window={self.window} must be >= 1")
+            raise ConfigError(f"window={self.window} must be >= 1")
         if self.r is not None and self.r < 1:
-            raise ValueError(f"r={self.r} must be >= 1")
+            raise ConfigError(f"r={self.r} must be >= 1")
         if self.k is not None and self.k < 1:
-            raise ValueError(f"k={self.k} must be >= 1")
+            raise ConfigError(f"k={self.k} must be >= 1")
         if not 0.0 < self.decay <= 1.0:
-            raise ValueError(f"decay={self.decay} must lie in (0, 1]")
+            raise ConfigError(f"decay={self.decay} must lie in (0, 1]")
 
     def partners(self, n_interactions: int) -> int:
         """r for a graph over M interactions."""

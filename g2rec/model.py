@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from g2rec.errors import ConfigError
 from g2rec.tokenize import INTEREST, ITEM, PAD, TokenBatch, append_interests, interleave
 
 MODES = ("items", "g2rec")
@@ -25,7 +26,7 @@ MODES = ("items", "g2rec")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    n_items: int
+    n_items: int = 0  # N; the pipeline sets it from the data (a model needs N >= 1)
     max_len: int = 50  # items of history
     d_model: int = 64
     n_layers: int = 2
@@ -33,8 +34,8 @@ class ModelConfig:
     ffn_mult: int = 4
     dropout: float = 0.3
     mode: str = "items"
-    n_clusters: int = 0  # K (g2rec mode)
-    rho: int = 1  # profile sparsity (g2rec mode)
+    n_clusters: int = 0  # K (g2rec mode); the pipeline sets it from the clustering
+    rho: int = 1  # profile sparsity (g2rec mode); likewise
     top_b: int = 4  # interests marginalised at inference
     interest_loss_weight: float = 1.0
     hard_tokens: bool = False  # embed interest tokens by their primary cluster only
@@ -47,17 +48,15 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.mode == "g2rec" and (self.n_clusters < 1 or self.rho < 1):
-            raise ValueError(f"g2rec mode needs n_clusters >= 1 and rho >= 1, got {self.n_clusters}, {self.rho}")
+            raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.positions not in ("end", "start"):
-            raise ValueError(f"positions must be 'end' or 'start', got {self.positions!r}")
+            raise ConfigError(f"positions must be 'end' or 'start', got {self.positions!r}")
         if not 0.0 <= self.direct_weight < 1.0:
-            raise ValueError(f"direct_weight must lie in [0, 1), got {self.direct_weight}")
+            raise ConfigError(f"direct_weight must lie in [0, 1), got {self.direct_weight}")
         if self.semantic_items and self.mode != "g2rec":
-            raise ValueError("semantic_items needs mode='g2rec' (items mode has no interest profiles)")
+            raise ConfigError("semantic_items needs mode='g2rec' (items mode has no interest profiles)")
         if self.d_model % self.n_heads:
-            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+            raise ConfigError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -109,6 +108,10 @@ class Block(nn.Module):
 class G2RecModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        if cfg.n_items < 1:
+            raise ConfigError(f"n_items={cfg.n_items}: a model needs a catalogue of at least one item")
+        if cfg.mode == "g2rec" and (cfg.n_clusters < 1 or cfg.rho < 1):
+            raise ConfigError(f"g2rec mode needs n_clusters >= 1 and rho >= 1, got {cfg.n_clusters}, {cfg.rho}")
         self.cfg = cfg
         self.item_emb = nn.Embedding(cfg.n_items + 1, cfg.d_model, padding_idx=0)
         self.pos_emb = nn.Embedding(cfg.max_len + 1, cfg.d_model)

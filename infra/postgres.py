@@ -26,6 +26,8 @@ from pathlib import Path
 
 import click
 
+from cli.errors import TranslatingGroup
+
 from infra.process import free_port, listening, stop_pidfile, wait_ready, write_pidfile
 from infra.process import stop as stop_process
 from infra.redis import ServerError
@@ -137,7 +139,7 @@ def stop(pid: int, timeout_s: float = 15.0) -> None:
     stop_process(pid, timeout_s, signal.SIGINT)
 
 
-@click.group()
+@click.group(cls=TranslatingGroup)
 def main() -> None:
     """Start and stop a development Postgres (Debian's postgresql) on 127.0.0.1."""
 

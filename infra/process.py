@@ -8,7 +8,8 @@ import socket
 import time
 from pathlib import Path
 
-import click
+from g2rec.errors import DataError
+
 
 
 def free_port() -> int:
@@ -60,7 +61,7 @@ def stop_pidfile(pidfile: str | os.PathLike, stop_fn) -> None:
     """Stop the process a pidfile names with `stop_fn(pid)`, then remove the pidfile."""
     text = Path(pidfile).read_text().strip()
     if not text.isdigit():
-        raise click.ClickException(f"{pidfile}: expected a pid, found {text!r}")
+        raise DataError(f"{pidfile}: expected a pid, found {text!r}")
     stop_fn(int(text))
     Path(pidfile).unlink()
 

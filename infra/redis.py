@@ -20,10 +20,13 @@ from pathlib import Path
 
 import click
 
+from cli.errors import TranslatingGroup
+
+from g2rec.errors import UnavailableError
 from infra.process import free_port, listening, stop, stop_pidfile, wait_ready, write_pidfile
 
 
-class ServerError(RuntimeError):
+class ServerError(UnavailableError):
     """A development server could not be found, started or reached."""
 
 
@@ -85,7 +88,7 @@ def _ping(port: int) -> bool:
         return False
 
 
-@click.group()
+@click.group(cls=TranslatingGroup)
 def main() -> None:
     """Start and stop a development Redis (Debian's redis-server) on 127.0.0.1."""
 

@@ -28,9 +28,10 @@ def load_source(source: str, events: int | None, seed: int):
     """Interactions for a replay source: 'synthetic' or a dataset name of g2rec.data."""
     if source == "synthetic":
         return _synthetic(events or 100_000, seed)
+    from cli.context import data_root
     from g2rec.data import load_dataset
 
-    return load_dataset(source)
+    return load_dataset(source, data_root())
 
 
 @click.command()
@@ -116,12 +117,9 @@ def stream(config_path: str | None, log_level: str, sink_options: tuple[str, ...
     over = {k: v for k, v in flags.items() if v is not None}
     if sink_options:
         over["sink_options"] = _parse_options(sink_options)
-    try:
-        cfg = dataclasses.replace(
-            cfg, topics=dataclasses.replace(cfg.topics, **topic_over),
-            graph=dataclasses.replace(cfg.graph, **graph_over), **over)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from e
+    cfg = dataclasses.replace(
+        cfg, topics=dataclasses.replace(cfg.topics, **topic_over),
+        graph=dataclasses.replace(cfg.graph, **graph_over), **over)
     Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
     t = cfg.topics
     create_topics(cfg.bootstrap, {t.events: t.partitions}, exact="partitions" in topic_over)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from g2rec.config import from_mapping
+from g2rec.errors import ConfigError
 from g2rec.graph import GraphConfig
 
 
@@ -33,9 +35,9 @@ class TopicConfig:
         if not self.snapshots:
             object.__setattr__(self, "snapshots", f"{self.events}-snapshots")
         if self.partitions < 1:
-            raise ValueError(f"partitions={self.partitions} must be >= 1")
+            raise ConfigError(f"partitions={self.partitions} must be >= 1")
         if len({self.events, self.dead_letters, self.snapshots}) != 3:
-            raise ValueError("events, dead_letters and snapshots must be three different topics")
+            raise ConfigError("events, dead_letters and snapshots must be three different topics")
 
 
 @dataclass(frozen=True)
@@ -78,15 +80,15 @@ class StreamConfig:
 
     def __post_init__(self) -> None:
         if self.graph.r is None:
-            raise ValueError("graph.r must be fixed for streaming: r = ceil(c log2 M) would change as M grows")
+            raise ConfigError("graph.r must be fixed for streaming: r = ceil(c log2 M) would change as M grows")
         if self.half_life_s is not None and not (math.isfinite(self.half_life_s) and self.half_life_s > 0):
-            raise ValueError(f"half_life_s={self.half_life_s} must be a positive number or None")
+            raise ConfigError(f"half_life_s={self.half_life_s} must be a positive number or None")
         for name in ("max_batch", "checkpoint_events", "max_event_bytes"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
         for name in ("checkpoint_interval_s", "snapshot_interval_s", "session_timeout_s"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be > 0")
+                raise ConfigError(f"{name}={getattr(self, name)} must be > 0")
 
     @property
     def r(self) -> int:
@@ -109,27 +111,9 @@ class StreamConfig:
                 "decay": g.decay, "half_life_s": self.half_life_s, "time_origin": self.time_origin}
 
 
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
-    return cls(**data)
-
-
 def stream_config_from_mapping(data: dict[str, Any], where: str = "config") -> StreamConfig:
     """A StreamConfig from plain data (JSON), nested `topics` and `graph` mappings included."""
-    data = dict(data)
-    if "topics" in data:
-        data["topics"] = _build(TopicConfig, data["topics"], f"{where}: topics")
-    if "graph" in data:
-        data["graph"] = _build(GraphConfig, data["graph"], f"{where}: graph")
-    try:
-        return _build(StreamConfig, data, where)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}: {e}") from e
+    return from_mapping(StreamConfig, data, where)
 
 
 def load_stream_config(path: str | Path, **overrides: Any) -> StreamConfig:
@@ -138,5 +122,5 @@ def load_stream_config(path: str | Path, **overrides: Any) -> StreamConfig:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON: {e}") from e
+        raise ConfigError(str(path), f"invalid JSON: {e}") from e
     return replace(stream_config_from_mapping(data, str(path)), **overrides)

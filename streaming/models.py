@@ -32,6 +32,8 @@ from typing import cast
 import faust
 import numpy as np
 
+from g2rec.errors import DataError
+
 MAX_ID = 2**31 - 1
 MAX_TIMESTAMP = float(2**34)
 MAX_WEIGHT = 1e6
@@ -46,7 +48,7 @@ H_PARTITION = "g2rec.dlq.partition"
 H_OFFSET = "g2rec.dlq.offset"
 
 
-class InvalidEvent(ValueError):
+class InvalidEvent(DataError):
     """A message that is not a valid engagement event; str(e) is the dead-letter reason."""
 
 

@@ -30,6 +30,7 @@ from sqlalchemy import (BigInteger, Column, Float, Integer, LargeBinary, MetaDat
                         Text, create_engine, delete, event, insert, select, update)
 from sqlalchemy.engine import Connection, Engine
 
+from g2rec.errors import ConfigError, StateError
 from g2rec.graph import CoCounts
 from streaming.windows import WindowTable, fold_histories
 
@@ -85,7 +86,7 @@ snapshots_table = Table(
 )
 
 
-class StaleOffsets(RuntimeError):
+class StaleOffsets(StateError):
     """A checkpoint lost its compare-and-set: another worker advanced these partitions."""
 
     def __init__(self, topic: str, partitions: list[int]) -> None:
@@ -93,7 +94,7 @@ class StaleOffsets(RuntimeError):
         self.partitions = partitions
 
 
-class ConfigMismatch(RuntimeError):
+class ConfigMismatch(ConfigError):
     """The store was written with different sampling settings than this worker's."""
 
 

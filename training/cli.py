@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import click
 
+from cli.context import data_root
+from g2rec.config import override
+from g2rec.errors import ConfigError
 from g2rec.metrics import METRIC_NAMES
-from training.pipeline import DataSource, PipelineConfig, load_run, run
+from training.pipeline import PipelineConfig, load_run, run
 from training.presets import preset
 
 
@@ -26,16 +28,23 @@ def metrics_table(rows: dict[str, dict]) -> str:
 
 def _config(dataset: str, dataset_path: str | None, fmt: str | None, model: str, config: str | None,
             epochs: int | None, seed: int, minutes: float | None) -> PipelineConfig:
-    cfg = preset(dataset, model)
+    """The preset, then the JSON overrides file, then the flags: one deep merge (g2rec.config)."""
+    cfg = preset(dataset, model, data_root())
     if config:
-        cfg = PipelineConfig.from_dict({**cfg.to_dict(), **json.loads(Path(config).read_text())})
-    cfg = replace(cfg, data=DataSource(dataset, dataset_path, fmt))
-    train = replace(cfg.train, seed=seed)
+        cfg = override(cfg, _read_json(Path(config)), config)
+    flags = {"data": {"path": dataset_path, "fmt": fmt}, "train": {"seed": seed}}
     if epochs is not None:
-        train = replace(train, epochs=epochs)
+        flags["train"]["epochs"] = epochs
     if minutes is not None:
-        train = replace(train, max_minutes=minutes)
-    return replace(cfg, train=train)
+        flags["train"]["max_minutes"] = minutes
+    return override(cfg, flags, "command-line flags")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(str(path), f"invalid JSON: {e}") from e
 
 
 dataset_options = [

@@ -18,7 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from g2rec.cluster import ClusterConfig
+from g2rec.cluster import cluster as run_cluster
+from g2rec.config import from_mapping, to_mapping
 from g2rec.data import load_dataset, load_path
+from g2rec.errors import ConfigError, NotFoundError
+from g2rec.graph import GraphConfig, build_graph
 from g2rec.metrics import LooSplit, loo_split
 from g2rec.model import G2RecModel, ModelConfig
 from g2rec.train import TrainConfig, evaluate, evaluate_mixtures, fit
@@ -30,40 +35,34 @@ class DataSource:
     name: str = "beauty"  # a known dataset name, or a label when `path` is given
     path: str | None = None
     fmt: str | None = None
+    root: str | None = None  # data root for named datasets (None: g2rec.data's default search)
 
     def load(self) -> Interactions:
         if self.path:
             if not self.fmt:
-                raise ValueError(f"--format is required with --dataset-path {self.path}")
+                raise ConfigError(f"dataset file {self.path}", "needs a format (s3rec, movielens or csv)")
             return load_path(self.path, self.fmt, name=self.name)
-        return load_dataset(self.name)
+        return load_dataset(self.name, self.root)
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
+    """The offline pipeline. model.n_items, n_clusters and rho are filled from the data and the
+    clustering; the graph and clustering seeds follow train.seed."""
+
     data: DataSource = field(default_factory=DataSource)
-    model: dict = field(default_factory=dict)  # ModelConfig fields except n_items / n_clusters
+    model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    graph: dict = field(default_factory=dict)  # GraphConfig fields (g2rec mode)
-    cluster: dict = field(default_factory=dict)  # ClusterConfig fields (g2rec mode)
+    graph: GraphConfig = field(default_factory=GraphConfig)  # g2rec mode
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # g2rec mode
     threads: int = 2
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return to_mapping(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PipelineConfig":
-        unknown = set(d) - {f for f in cls.__dataclass_fields__}
-        if unknown:
-            raise ValueError(f"unknown pipeline config keys: {sorted(unknown)}")
-        return cls(
-            data=DataSource(**d.get("data", {})),
-            model=dict(d.get("model", {})),
-            train=TrainConfig(**d.get("train", {})),
-            graph=dict(d.get("graph", {})),
-            cluster=dict(d.get("cluster", {})),
-            threads=d.get("threads", 2),
-        )
+    def from_dict(cls, d: dict, where: str = "pipeline config") -> "PipelineConfig":
+        return from_mapping(cls, d, where)
 
 
 @dataclass
@@ -74,16 +73,12 @@ class RunResult:
     metrics: dict
 
 
-def build_profiles(train: Interactions, graph: dict, cluster: dict, seed: int) -> tuple[InterestProfiles, dict]:
+def build_profiles(train: Interactions, graph: GraphConfig, cluster: ClusterConfig) -> tuple[InterestProfiles, dict]:
     """Training interactions -> sampled co-engagement graph -> soft clusters -> profiles."""
-    from g2rec.cluster import ClusterConfig
-    from g2rec.cluster import cluster as run_cluster
-    from g2rec.graph import GraphConfig, build_graph
-
     t0 = time.time()
-    snapshot = build_graph(train, GraphConfig(**{"seed": seed, **graph}))
+    snapshot = build_graph(train, graph)
     t1 = time.time()
-    profiles, report = run_cluster(snapshot, ClusterConfig(**{"seed": seed, **cluster}))
+    profiles, report = run_cluster(snapshot, cluster)
     info = {
         "graph_edges": int(snapshot.n_edges),
         "graph_seconds": t1 - t0,
@@ -97,11 +92,12 @@ def run(cfg: PipelineConfig, out: Path | None = None, data: Interactions | None 
     torch.set_num_threads(cfg.threads)
     data = data if data is not None else cfg.data.load()
     split = loo_split(data)
-    profiles, info, extra = None, {}, {}
-    if cfg.model.get("mode") == "g2rec":
-        profiles, info = build_profiles(split.train, cfg.graph, cfg.cluster, cfg.train.seed)
-        extra = {"n_clusters": profiles.n_clusters, "rho": profiles.rho}
-    model_cfg = ModelConfig(n_items=data.n_items, **cfg.model, **extra)
+    profiles, info = None, {}
+    model_cfg = replace(cfg.model, n_items=data.n_items)
+    if model_cfg.mode == "g2rec":
+        seed = cfg.train.seed
+        profiles, info = build_profiles(split.train, replace(cfg.graph, seed=seed), replace(cfg.cluster, seed=seed))
+        model_cfg = replace(model_cfg, n_clusters=profiles.n_clusters, rho=profiles.rho)
     torch.manual_seed(cfg.train.seed)
     model = G2RecModel(model_cfg)
     if profiles is not None:
@@ -144,7 +140,7 @@ def choose_direct_weight(model: G2RecModel, split: LooSplit) -> dict[str, float]
 def save_run(out: Path, cfg: PipelineConfig, model: G2RecModel, profiles: InterestProfiles | None, metrics: dict,
              item_ids: np.ndarray) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    (out / "config.json").write_text(json.dumps(replace(cfg, model=model.cfg).to_dict(), indent=2))  # as built
     np.save(out / "item_ids.npy", item_ids, allow_pickle=item_ids.dtype == object)
     torch.save({"model_config": model.cfg.to_dict(), "state_dict": model.state_dict()}, out / "model.pt")
     if profiles is not None:
@@ -156,8 +152,9 @@ def save_run(out: Path, cfg: PipelineConfig, model: G2RecModel, profiles: Intere
 def load_run(run_dir: Path) -> tuple[PipelineConfig, G2RecModel]:
     run_dir = Path(run_dir)
     if not (run_dir / "model.pt").is_file():
-        raise FileNotFoundError(f"{run_dir}: not a run directory (no model.pt)")
-    cfg = PipelineConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+        raise NotFoundError(f"{run_dir}: not a run directory (no model.pt)",
+                            fix="give the --out directory of a finished `g2rec train`")
+    cfg = PipelineConfig.from_dict(json.loads((run_dir / "config.json").read_text()), str(run_dir / "config.json"))
     ckpt = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
     model = G2RecModel(ModelConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["state_dict"])

@@ -3,8 +3,9 @@ See bench/README.md for the search and what won."""
 
 from __future__ import annotations
 
-from training.pipeline import DataSource, PipelineConfig
-from g2rec.train import TrainConfig
+from g2rec.config import deep_merge, from_mapping
+from g2rec.errors import ConfigError
+from training.pipeline import PipelineConfig
 
 # d_model 128 for both modes: with the weight average, items mode peaks at validation NDCG@10 0.0614
 # at 128 against 0.0607 at 64 (without it, 128 overfitted: 0.0557 against 0.0579), and G2Rec learned
@@ -45,12 +46,20 @@ _OVERRIDES: dict[str, dict] = {
 }
 
 
-def preset(dataset: str, model: str) -> PipelineConfig:
-    o = _OVERRIDES.get(dataset, {})
-    return PipelineConfig(
-        data=DataSource(dataset),
-        model={**_MODEL, **(_G2REC if model == "g2rec" else {}), **o.get("model", {}), "mode": model},
-        train=TrainConfig(**{**_TRAIN, **(_G2REC_TRAIN if model == "g2rec" else _ITEMS_TRAIN), **o.get("train", {})}),
-        graph={**_GRAPH, **o.get("graph", {})},
-        cluster={**_CLUSTER, **o.get("cluster", {})},
-    )
+_MODES: dict[str, dict] = {
+    "items": {"model": {"mode": "items"}, "train": _ITEMS_TRAIN},
+    "g2rec": {"model": {**_G2REC, "mode": "g2rec"}, "train": _G2REC_TRAIN},
+}
+
+
+def preset(dataset: str, model: str, data_root: str | None = None) -> PipelineConfig:
+    """The committed hyperparameters for (dataset, model): shared defaults, then the mode's, then
+    the dataset's overrides, merged by g2rec.config.deep_merge."""
+    if model not in _MODES:
+        raise ConfigError(f"model {model!r}", f"expected one of {', '.join(_MODES)}")
+    layers = [{"model": _MODEL, "train": _TRAIN, "graph": _GRAPH, "cluster": _CLUSTER}, _MODES[model],
+              _OVERRIDES.get(dataset, {}), {"data": {"name": dataset, "root": data_root}}]
+    merged: dict = {}
+    for layer in layers:
+        merged = deep_merge(merged, layer)
+    return from_mapping(PipelineConfig, merged, f"preset {dataset}/{model}")

@@ -27,14 +27,15 @@ def test_apply_publish_lookup_and_versions(tmp_path, monkeypatch):
     np.savez(tmp_path / "p.npz", clusters=np.array([[0, 0], [5, 6], [7, 1]]),
              weights=np.array([[0, 0], [0.75, 0.25], [0.5, 0.5]], np.float32),
              item_ids=np.array([0, 42, 43]), n_clusters=8, version=9)
-    assert json.loads(_run(*root, "publish", "--from", str(tmp_path / "p.npz")))["version"] == 9
+    # The version comes from the store (current + 1), not from the file.
+    assert json.loads(_run(*root, "publish", "--from", str(tmp_path / "p.npz")))["version"] == 2
 
     out = json.loads(_run(*root, "lookup", "--items", "42,1"))["profiles"]
-    assert out["version"] == 9 and out["missing"] == [1]
+    assert out["version"] == 2 and out["missing"] == [1]
     assert out["items"]["42"] == {"clusters": [5, 6], "weights": [0.75, 0.25], "primary_cluster": 5}
 
     np.save(tmp_path / "proto.npy", np.ones((8, 3), np.float32))
-    _run(*root, "publish-prototypes", str(tmp_path / "proto.npy"), "--version", "1", "--profile-version", "9")
+    _run(*root, "publish-prototypes", str(tmp_path / "proto.npy"), "--version", "1", "--profile-version", "2")
     protos = json.loads(_run(*root, "lookup", "--clusters", "7,8"))["prototypes"]
     assert protos["clusters"] == {"7": [1.0, 1.0, 1.0]} and protos["missing"] == [8]
 

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from g2rec.cluster import ClusterConfig
+from g2rec.model import ModelConfig
 from g2rec.synth import SynthConfig, synth_interactions
 from g2rec.train import TrainConfig, evaluate, evaluate_mixtures
 from training.pipeline import DataSource, PipelineConfig, load_run, run
@@ -16,9 +18,9 @@ SMALL = {"d_model": 32, "n_layers": 1, "n_heads": 2, "dropout": 0.1, "max_len": 
 def config(mode: str, **cluster) -> PipelineConfig:
     return PipelineConfig(
         data=DataSource("synth"),
-        model={**SMALL, "mode": mode, **({"direct_weight": 0.5} if mode == "g2rec" else {})},
+        model=ModelConfig(**SMALL, mode=mode, **({"direct_weight": 0.5} if mode == "g2rec" else {})),
         train=TrainConfig(epochs=30, batch_size=128, lr=3e-3, eval_every=3, patience=3, progress=False),
-        cluster={"n_clusters": 8, "rho": 2, "iters": 60, **cluster},
+        cluster=ClusterConfig(**{"n_clusters": 8, "rho": 2, "iters": 60, **cluster}),
         threads=1,
     )
 
@@ -41,7 +43,7 @@ def test_items_model_beats_popularity_and_round_trips_through_a_run_directory(da
     pop_ndcg = metrics_from_ranks(target_ranks(scores, torch.as_tensor(res.split.test), res.split.inputs("test")).numpy())["ndcg@10"]
     assert test["ndcg@10"] > 1.5 * pop_ndcg, (test, pop_ndcg)
     cfg, model = load_run(tmp_path / "items")
-    assert cfg.model["mode"] == "items"
+    assert cfg.model.mode == "items" and cfg.model.n_items == inter.n_items
     again = evaluate(model, res.split, "test")
     assert again["masked"]["ndcg@10"] == pytest.approx(test["ndcg@10"], abs=1e-6)
 
