@@ -338,7 +338,7 @@ class _translate_missing_table:
 
     def __exit__(self, kind, exc, tb) -> None:
         if exc is not None and isinstance(exc, self.error) and self.needle in str(exc):
-            raise StoreNotAppliedError(f"{exc}: run `g2rec features apply` first") from exc
+            raise StoreNotAppliedError(str(exc), fix="run `g2rec features apply` first") from exc
 
 
 BACKENDS: dict[str, Callable[[RepoConfig], OnlineBackend]] = {

@@ -13,13 +13,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from feast import Entity, FeatureService, FeatureStore, FeatureView, FileSource
 from feast.data_source import DataSource
+from feast.errors import FeatureViewNotFoundException
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.types import Array, Float32, Int64, String
 
 from . import data_sources, entities, feature_services, feature_views
 from .config import StoreConfig
 from .versions import VersionLog
-from .backends import OnlineBackend, make_backend
+from .backends import OnlineBackend, StoreNotAppliedError, make_backend
 
 _ARROW_TYPES = {
     Int64: pa.int64(),
@@ -77,9 +78,9 @@ class FeatureRepo:
         if name not in self._views:
             try:
                 self._views[name] = self.store.get_feature_view(name)
-            except Exception as e:
-                raise LookupError(f"feature view {name!r} is not registered in {self.config.registry}; "
-                                  "run `g2rec features apply`") from e
+            except FeatureViewNotFoundException as e:
+                raise StoreNotAppliedError(f"feature view {name!r} is not registered in {self.config.registry}",
+                                           fix="run `g2rec features apply` first") from e
         return self._views[name]
 
     @property

@@ -153,7 +153,7 @@ def load_run(run_dir: Path) -> tuple[PipelineConfig, G2RecModel]:
     run_dir = Path(run_dir)
     if not (run_dir / "model.pt").is_file():
         raise NotFoundError(f"{run_dir}: not a run directory (no model.pt)",
-                            fix="give the --out directory of a finished `g2rec train`")
+                            fix="name a directory that a finished training run wrote")
     cfg = PipelineConfig.from_dict(json.loads((run_dir / "config.json").read_text()), str(run_dir / "config.json"))
     ckpt = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
     model = G2RecModel(ModelConfig(**ckpt["model_config"]))
