@@ -7,14 +7,14 @@ feature_store.yaml); this module writes the resolved config (absolute paths, cho
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from g2rec.errors import ConfigError, NotFoundError, UnavailableError
+from infra.process import launch
+from infra.process import stop as stop_process
 
 from .config import StoreConfig
 
@@ -26,7 +26,7 @@ def feast_executable() -> str:
     beside = Path(sys.executable).parent / "feast"
     found = str(beside) if beside.is_file() else shutil.which("feast")
     if not found:
-        raise FileNotFoundError("no `feast` executable beside this Python or on PATH")
+        raise NotFoundError("no `feast` executable beside this Python or on PATH", fix="install the project (`make venv`)")
     return found
 
 
@@ -39,7 +39,7 @@ def write_yaml(config: StoreConfig) -> Path:
 
 def serve_command(config: StoreConfig, port: int, host: str = "127.0.0.1") -> list[str]:
     if host not in LOOPBACK:
-        raise ValueError(f"host={host!r}: the feature server binds to loopback only (127.0.0.1)")
+        raise ConfigError(f"host={host!r}", "the feature server binds to loopback only (127.0.0.1)")
     return [feast_executable(), "-c", str(config.root), "-f", str(write_yaml(config)), "serve",
             "-h", host, "-p", str(port), "--no-access-log", "-w", "1", "--registry_ttl_sec", "5"]
 
@@ -60,50 +60,18 @@ def start(config: StoreConfig, port: int, log_path: Path, ready_timeout_s: float
     import urllib.error
     import urllib.request
 
-    cmd = serve_command(config, port)
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-    server = FeatureServer(proc.pid, port, log_path)
-    deadline = time.monotonic() + ready_timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"feast serve exited with code {proc.returncode}; see {log_path}")
+    def healthy() -> bool:
         try:
-            with urllib.request.urlopen(f"{server.url}/health", timeout=1) as r:
-                if r.status == 200:
-                    return server
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                return r.status == 200
         except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.2)
-    proc.terminate()
-    raise RuntimeError(f"feast serve did not become healthy on {server.url} in {ready_timeout_s}s; see {log_path}")
-
-
-
-def _exited(pid: int) -> bool:
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == pid
-    except ChildProcessError:  # not our child: ask the kernel whether it still exists
-        try:
-            os.kill(pid, 0)
             return False
-        except ProcessLookupError:
-            return True
+
+    proc = launch(serve_command(config, port), log_path, healthy, f"http://127.0.0.1:{port}/health",
+                  ready_timeout_s, UnavailableError, "feast serve")
+    return FeatureServer(proc.pid, port, log_path)
 
 
 def stop(server: FeatureServer, timeout_s: float = 15.0) -> None:
     """SIGTERM the server's process group (it leads its own session), SIGKILL after timeout_s."""
-    try:
-        os.killpg(server.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if _exited(server.pid):
-            return
-        time.sleep(0.1)
-    os.killpg(server.pid, signal.SIGKILL)
-    while not _exited(server.pid):
-        time.sleep(0.05)
+    stop_process(server.pid, timeout_s, group=True)

@@ -224,6 +224,35 @@ class CoCounts:
         return out
 
 
+def sampled_increments(
+    context: np.ndarray, flat: np.ndarray, users: np.ndarray, positions: np.ndarray, cfg: GraphConfig, r: int,
+    event_weights: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The co-engagement increments of a set of events: the one implementation that the batch
+    builder (`event_partners`) and the stream worker (g2rec.windows) both call.
+
+    context:       (C,) item ids; each user's earlier items lie right before its events.
+    flat:          (B,) index of each event's item in `context` (the s-th most recent previous
+                   item of event e is context[flat[e] - s]).
+    users:         (B,) integer user ids to hash (raw ids, so batch and stream agree).
+    positions:     (B,) 0-based position of each event in its user's history.
+    event_weights: (B,) optional per-event factor (event weight, decay boost).
+    Returns (item, partner, weight, event), event indexing the input rows; self pairs dropped.
+    The partner in slot s weighs cfg.decay ** (s - 1).
+    """
+    n_cand = np.minimum(positions, cfg.window)
+    slots = partner_slots(cfg.seed, users, positions, n_cand, r)  # (B, r)
+    event, col = np.nonzero(slots > 0)
+    s = slots[event, col]
+    item = context[flat[event]]
+    partner = context[flat[event] - s]
+    weight = cfg.decay ** (s - 1).astype(np.float64)
+    if event_weights is not None:
+        weight = weight * event_weights[event]
+    keep = item != partner
+    return item[keep], partner[keep], weight[keep], event[keep]
+
+
 def event_partners(
     interactions: Interactions, cfg: GraphConfig, r: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -232,17 +261,10 @@ def event_partners(
     m = interactions.n_interactions
     user_index = np.repeat(np.arange(interactions.n_users), lengths)
     positions = np.arange(m, dtype=np.int64) - interactions.user_ptr[user_index]
-    n_cand = np.minimum(positions, cfg.window)
     uids = interactions.user_ids
     hash_users = uids[user_index].astype(np.int64) if np.issubdtype(uids.dtype, np.integer) else user_index
-    slots = partner_slots(cfg.seed, hash_users, positions, n_cand, r)  # (M, r)
-    event, col = np.nonzero(slots > 0)
-    offset = slots[event, col]
-    item = interactions.items[event]
-    partner = interactions.items[event - offset]
-    weight = cfg.decay ** (offset - 1).astype(np.float64)
-    keep = item != partner
-    return item[keep], partner[keep], weight[keep]
+    item, partner, weight, _ = sampled_increments(interactions.items, np.arange(m), hash_users, positions, cfg, r)
+    return item, partner, weight
 
 
 def coengagement_counts(interactions: Interactions, cfg: GraphConfig) -> CoCounts:

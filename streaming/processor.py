@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from g2rec.graph import CoCounts
+from g2rec.windows import UserWindows, sample_increments
 from streaming.config import StreamConfig
 from streaming.models import decode_values
 from streaming.sink import HistorySink, NoopSink, UserHistoryUpdate
 from streaming.store import Checkpoint, StateStore
-from streaming.windows import UserWindows, sample_increments
 
 # 2**1000 is far inside float64 range; beyond it the decay boost would overflow.
 _MAX_DECAY_EXPONENT = 1000.0

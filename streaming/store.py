@@ -32,7 +32,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from g2rec.errors import ConfigError, StateError
 from g2rec.graph import CoCounts
-from streaming.windows import WindowTable, fold_histories
+from g2rec.windows import WindowTable, fold_histories
 
 metadata = MetaData()
 

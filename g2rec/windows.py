@@ -3,9 +3,9 @@
 Pure numpy (no Kafka, no SQL). For a batch of events in arrival order, each user's events are
 laid out after the user's stored window in one flat "context" array; the s-th most recent item
 before an event is then `context[flat_index - s]`, whatever mix of stored and in-batch items that
-is. Partners are chosen by `g2rec.graph.partner_slots`, the same counter-based sampler the batch
-builder uses, keyed by (seed, raw user id, position, slot), so any grouping of the same events
-into batches (or into workers) yields identical increments.
+is. Increments come from `g2rec.graph.sampled_increments`, the function the batch builder calls,
+keyed by (seed, raw user id, position, slot), so any grouping of the same events into batches (or
+into workers) yields identical increments.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from g2rec.graph import GraphConfig, partner_slots
+from g2rec.graph import GraphConfig, sampled_increments
 
 _PAD = -1
 
@@ -193,23 +193,12 @@ class UserWindows:
 def sample_increments(
     ctx: BatchContext, cfg: GraphConfig, r: int, event_weights: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The batch's co-engagement increments, exactly as `g2rec.graph.event_partners` makes them.
+    """The batch's co-engagement increments, by `g2rec.graph.sampled_increments` over its layout.
 
-    event_weights: (B,) per-event factor in grouped order (event weight, decay boost), or None.
-    Returns (item, partner, weight, event) with event the grouped index of the event each
-    increment came from; pairs with item == partner are dropped.
+    event_weights: (B,) per-event factor in grouped order, or None. Returns (item, partner,
+    weight, event) with event the grouped index of the event each increment came from.
     """
-    n_cand = np.minimum(ctx.positions, cfg.window)
-    slots = partner_slots(cfg.seed, ctx.users, ctx.positions, n_cand, r)  # (B, r)
-    event, col = np.nonzero(slots > 0)
-    s = slots[event, col]
-    item = ctx.items[event]
-    partner = ctx.context[ctx.flat[event] - s]
-    weight = cfg.decay ** (s - 1).astype(np.float64)
-    if event_weights is not None:
-        weight = weight * event_weights[event]
-    keep = item != partner
-    return item[keep], partner[keep], weight[keep], event[keep]
+    return sampled_increments(ctx.context, ctx.flat, ctx.users, ctx.positions, cfg, r, event_weights)
 
 
 def fold_histories(base: WindowTable, users: np.ndarray, items: np.ndarray, window: int) -> WindowTable:

@@ -3,7 +3,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from g2rec.graph import CoCounts, GraphConfig
-from streaming.windows import UserWindows, WindowTable, fold_histories, sample_increments
+from g2rec.windows import UserWindows, WindowTable, fold_histories, sample_increments
 from tests.streaming.conftest import assert_counts_equal, batch_counts
 
 
