@@ -20,6 +20,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.metrics import Metrics
 from serving.middleware import BodyLimit, RequestMetrics
@@ -66,8 +67,8 @@ def make_app(recommender: Recommender, user_history: HistorySource | None = None
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(validation_problem(exc), status_code=422)
 
-    @app.exception_handler(HTTPException)
-    async def http_problem(request: Request, exc: HTTPException) -> JSONResponse:
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's own 400s and 404s are Starlette's
+    async def http_problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if exc.status_code != 400 or "parsing the body" not in str(exc.detail) \
             else "body: not valid JSON in UTF-8 (or nested too deeply)"
         return JSONResponse({"message": message, "detail": message}, status_code=exc.status_code, headers=exc.headers)
