@@ -1,0 +1,139 @@
+"""serving/cli.py: `g2rec score` and `g2rec serve` (a real server over loopback)."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+from tests.serving.conftest import N
+
+
+def test_batch_score_maps_original_ids_and_counts_unknown_items(run_dir, recommender):
+    lines = [json.dumps({"user": u, "history": [10 * (u + 1), 10 * (u + 2), 99999]}) for u in range(5)]
+    lines.append(json.dumps({"user": "cold", "history": [424242]}))
+    res = CliRunner().invoke(cli, ["score", str(run_dir), "-k", "3"], input="\n".join(lines) + "\n")
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(x) for x in res.output.strip().splitlines()]
+    assert [r["user"] for r in rows] == [0, 1, 2, 3, 4, "cold"]
+    assert all(len(r["items"]) == 3 and all(i % 10 == 0 and 0 < i <= 10 * N for i in r["items"]) for r in rows)
+    assert [r["unknown_items"] for r in rows] == [1] * 6 and [r["fallback"] for r in rows] == [False] * 5 + [True]
+    assert {r["model_version"] for r in rows} == {recommender.version}
+
+
+def test_batch_score_names_a_malformed_line_in_one_line(run_dir):
+    bad = CliRunner().invoke(cli, ["score", str(run_dir)], input='{"user": 1, "history": [10]}\n{"user": 2\n')
+    assert bad.exit_code == 2 and "<stdin>:2: bad input line" in bad.output
+
+
+class Server:
+    """`g2rec serve` in a subprocess; its output collected; the port read from the "listening on" line."""
+
+    def __init__(self, run_dir, *args, env=None):
+        self.proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", str(run_dir), "--port", "0", *args],
+                                     env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True)
+        self.lines: list[str] = []
+        threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stdout.readline, "")), daemon=True).start()
+        deadline = time.time() + 240  # the first start exports the ONNX model
+        while not (m := re.search(r"listening on http://127.0.0.1:(\d+)", self.log)):
+            assert self.proc.poll() is None, f"server exited:\n{self.log}"
+            assert time.time() < deadline, "server did not come up"
+            time.sleep(0.1)
+        self.url = f"http://127.0.0.1:{m.group(1)}"
+        self.port = int(m.group(1))
+        while True:
+            try:
+                urllib.request.urlopen(self.url + "/health", timeout=1)
+                break
+            except OSError:
+                assert time.time() < deadline, "server did not answer"
+                time.sleep(0.1)
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def post(self, path: str, body: dict) -> tuple[int, dict]:
+        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.mark.integration
+def test_serve_logs_and_answers_a_stalled_body_within_its_deadline(run_dir):
+    server = Server(run_dir, "--body-timeout", "1")
+    try:
+        status, body = server.post("/recommend", {"history": [10, 20], "k": 4})
+        assert status == 200 and len(body["items"]) == 4
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100\r\n\r\n{\"history\": [")
+            t0 = time.time()
+            answer = b""
+            while chunk := s.recv(4096):  # until the server closes the connection
+                answer += chunk
+            assert time.time() - t0 < 5
+            assert answer.startswith(b"HTTP/1.1 408") and b"body: not received within 1 s" in answer
+        time.sleep(0.2)
+        log = server.log
+        assert '"POST /recommend HTTP/1.1" 200' in log  # the access log
+        assert "CUDA" not in log and "Traceback" not in log, log
+    finally:
+        server.stop()
+
+
+@pytest.mark.integration
+def test_serve_requires_the_token_from_the_environment(run_dir):
+    server = Server(run_dir, env={"G2REC_SERVE_TOKEN": "t0ken"})
+    try:
+        status, body = server.post("/recommend", {"history": [10]})
+        assert status == 401 and "bearer token" in body["message"]
+        assert "auth bearer token" in server.log
+    finally:
+        server.stop()
+
+
+@pytest.mark.integration
+def test_serve_answers_users_from_the_feature_store(run_dir, tmp_path):
+    from datetime import datetime, timezone
+
+    import pandas as pd
+
+    from features.config import StoreConfig
+    from features.store import FeatureRepo
+
+    # A real feature store holding user 5's recent history (original item ids 30, 40).
+    repo = FeatureRepo(StoreConfig(root=tmp_path))
+    repo.apply()
+    repo.store.push("user_history_push", pd.DataFrame({
+        "user_id": [5], "item_ids": [[30, 40]], "timestamps": [[1, 2]], "event_timestamp": [datetime.now(timezone.utc)],
+    }))
+    repo.close()
+    server = Server(run_dir, "--features", env={"G2REC_FEATURES_ROOT": str(tmp_path)})
+    try:
+        status, body = server.post("/recommend", {"user_id": 5, "k": 4})
+        assert status == 200 and len(body["items"]) == 4 and not {30, 40} & set(body["items"]) and not body["fallback"]
+        status, body = server.post("/recommend/batch", {"users": [{"user_id": 6}, {"user_id": 5}], "k": 2})
+        assert status == 200 and [r["fallback"] for r in body["results"]] == [True, False]
+        for payload in [{"history": []}, {"user_id": 5, "history": [10]}, {"user_id": 10**30}]:
+            assert server.post("/recommend", payload)[0] == 422, payload
+    finally:
+        server.stop()
