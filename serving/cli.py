@@ -3,7 +3,6 @@ points, the only serving code that reads the environment."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -12,6 +11,7 @@ from pathlib import Path
 import click
 
 from g2rec.errors import DataError, UnavailableError
+from serving.batch import FORMATS, BatchConfig, score_lines
 from serving.run_dir import RunConfig, open_run
 
 PROVIDER = click.Choice(["cpu", "cuda", "auto"])
@@ -20,40 +20,38 @@ TOKEN_ENV = "G2REC_SERVE_TOKEN"
 
 @click.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--input", "input_path", type=click.File("r"), default="-", help="JSON lines: {\"user\": ..., \"history\": [item ids]}")
-@click.option("--output", type=click.File("w"), default="-")
+@click.option("--input", "input_path", type=click.Path(dir_okay=False, allow_dash=True), default="-",
+              show_default=True, help='JSON lines: {"user": ..., "history": [item ids], "exclude": [...]}')
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="recommendations file")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="parquet", show_default=True)
+@click.option("--errors", "errors_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="bad input lines as JSON lines {line, reason}  [default: OUT.errors.jsonl]")
 @click.option("-k", "--top-k", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True)
 @click.option("--provider", type=PROVIDER, default="cpu", show_default=True)
-def score(run_dir, input_path, output, top_k, batch_size, threads, provider):
-    """Batch scoring: one JSON line in (user, history of original item ids), one JSON line out,
-    by the serving rule (unknown items ignored and counted, popularity fallback)."""
+def score(run_dir, input_path, out, fmt, errors_path, top_k, batch_size, threads, provider):
+    """Batch scoring: users from a JSON-lines file to ranked rows (user, rank, item, score, ...,
+    model_version), by the serving rule. Bad lines go to the errors file and the run carries on;
+    the exit status is then 2."""
+    from tqdm import tqdm
+
     rec = open_run(RunConfig(run_dir, threads, provider))
+    errors_path = errors_path or out.with_name(out.name + ".errors.jsonl")
+    source = click.open_file(input_path, "r")
+    size = Path(input_path).stat().st_size if input_path != "-" else None
+    with source, open(errors_path, "w") as errors, tqdm(total=size, unit="B", unit_scale=True, desc="score",
+                                                        disable=None) as bar:
+        def lines():
+            for line in source:
+                bar.update(len(line))
+                yield line
 
-    def flush(rows):
-        for (user, _), r in zip(rows, rec.recommend([h for _, h in rows], top_k)):
-            output.write(json.dumps({"user": user, "items": r.items, "scores": [round(s, 5) for s in r.scores],
-                                     "used_items": r.used_items, "unknown_items": r.unknown_items,
-                                     "fallback": r.fallback, "model_version": rec.version}) + "\n")
-
-    rows = []
-    for lineno, line in enumerate(input_path, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            hist = row["history"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise DataError(f"{input_path.name}:{lineno}: bad input line ({type(e).__name__}: {e})") from e
-        if not isinstance(hist, list):
-            raise DataError(f"{input_path.name}:{lineno}: history must be a list of item ids")
-        rows.append((row.get("user"), hist))
-        if len(rows) == batch_size:
-            flush(rows)
-            rows = []
-    if rows:
-        flush(rows)
+        summary = score_lines(rec, lines(), out, errors, BatchConfig(top_k, batch_size, fmt))
+    click.echo(f"{summary.users} users -> {summary.rows} rows in {out} ({summary.fallbacks} by popularity, "
+               f"{summary.unknown_items} unknown items ignored, model {rec.version})", err=True)
+    if summary.bad_lines:
+        raise DataError(f"{input_path}: {summary.bad_lines} bad input lines, skipped; listed in {errors_path}")
 
 
 @click.command()

@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -18,21 +19,39 @@ from cli.main import cli
 from tests.serving.conftest import N
 
 
-def test_batch_score_maps_original_ids_and_counts_unknown_items(run_dir, recommender):
+def test_score_writes_parquet_rows_and_lists_bad_lines_then_exits_2(run_dir, recommender, tmp_path):
     lines = [json.dumps({"user": u, "history": [10 * (u + 1), 10 * (u + 2), 99999]}) for u in range(5)]
+    lines[2:2] = ['{"user": 9, "history": [10', '{"user": 9, "history": ["10"]}', "[1]"]
     lines.append(json.dumps({"user": "cold", "history": [424242]}))
-    res = CliRunner().invoke(cli, ["score", str(run_dir), "-k", "3"], input="\n".join(lines) + "\n")
+    (tmp_path / "users.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "recs.parquet"
+    res = CliRunner().invoke(cli, ["score", str(run_dir), "--input", str(tmp_path / "users.jsonl"), "--out", str(out),
+                                   "-k", "3", "--batch-size", "2"])
+    assert res.exit_code == 2 and "3 bad input lines" in res.output, res.output
+    rows = pd.read_parquet(out)
+    assert rows["user"].unique().tolist() == ["0", "1", "2", "3", "4", "cold"]
+    assert rows.groupby("user")["rank"].apply(list).tolist() == [[1, 2, 3]] * 6
+    assert (rows["item"] % 10 == 0).all() and (rows["unknown_items"] == 1).all()
+    assert rows["fallback"].tolist() == [False] * 15 + [True] * 3
+    assert set(rows["model_version"]) == {recommender.version}
+    errors = [json.loads(x) for x in (tmp_path / "recs.parquet.errors.jsonl").read_text().splitlines()]
+    assert [e["line"] for e in errors] == [3, 4, 5]
+    assert errors[1]["reason"].startswith("history.0:") and errors[2]["reason"].startswith("line:")
+
+
+def test_score_writes_json_lines_from_stdin_and_exits_0_on_clean_input(run_dir, tmp_path):
+    out = tmp_path / "recs.jsonl"
+    res = CliRunner().invoke(cli, ["score", str(run_dir), "--out", str(out), "--format", "jsonl", "-k", "2"],
+                             input='{"user": 1, "history": [10, 20]}\n')
     assert res.exit_code == 0, res.output
-    rows = [json.loads(x) for x in res.output.strip().splitlines()]
-    assert [r["user"] for r in rows] == [0, 1, 2, 3, 4, "cold"]
-    assert all(len(r["items"]) == 3 and all(i % 10 == 0 and 0 < i <= 10 * N for i in r["items"]) for r in rows)
-    assert [r["unknown_items"] for r in rows] == [1] * 6 and [r["fallback"] for r in rows] == [False] * 5 + [True]
-    assert {r["model_version"] for r in rows} == {recommender.version}
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(r["user"], r["rank"]) for r in rows] == [("1", 1), ("1", 2)] and rows[0]["score"] >= rows[1]["score"]
 
 
-def test_batch_score_names_a_malformed_line_in_one_line(run_dir):
-    bad = CliRunner().invoke(cli, ["score", str(run_dir)], input='{"user": 1, "history": [10]}\n{"user": 2\n')
-    assert bad.exit_code == 2 and "<stdin>:2: bad input line" in bad.output
+@pytest.mark.parametrize("k", ["0", "-1"])
+def test_score_rejects_k_below_1(run_dir, tmp_path, k):
+    res = CliRunner().invoke(cli, ["score", str(run_dir), "--out", str(tmp_path / "x.parquet"), "-k", k], input="")
+    assert res.exit_code == 2 and "-k" in res.output
 
 
 class Server:
