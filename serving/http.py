@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from g2rec.errors import UnavailableError
 from serving.metrics import Metrics
 from serving.middleware import BodyLimit, RequestMetrics
 from serving.recommender import Recommender
@@ -56,6 +57,10 @@ def validation_problem(exc: RequestValidationError) -> dict:
     return {"message": message, "detail": detail}
 
 
+def problem(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"message": message, "detail": message}, status_code=status, headers=headers)
+
+
 def make_app(recommender: Recommender, user_history: HistorySource | None = None,
              config: HttpConfig = HttpConfig()) -> FastAPI:
     RecommendRequest, BatchRequest = request_models(recommender.item_type, config.limits)
@@ -71,7 +76,11 @@ def make_app(recommender: Recommender, user_history: HistorySource | None = None
     async def http_problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if exc.status_code != 400 or "parsing the body" not in str(exc.detail) \
             else "body: not valid JSON in UTF-8 (or nested too deeply)"
-        return JSONResponse({"message": message, "detail": message}, status_code=exc.status_code, headers=exc.headers)
+        return problem(exc.status_code, message, exc.headers)
+
+    @app.exception_handler(UnavailableError)  # the feature store is down: the client may retry
+    async def unavailable(request: Request, exc: UnavailableError) -> JSONResponse:
+        return problem(503, str(exc))
 
     bearer = HTTPBearer(auto_error=False)
 

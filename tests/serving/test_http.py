@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from g2rec.errors import UnavailableError
 from serving.http import HttpConfig, make_app
 from serving.schemas import Limits
 from tests.serving.conftest import MAX_LEN, N
@@ -107,3 +108,12 @@ def test_string_catalogues_take_strict_string_ids(str_run_dir):
         assert ok["unknown_items"] == 1 and all(isinstance(i, str) for i in ok["items"])
         r = post(c, {"history": [1]})
         assert r.status_code == 422 and "body.history.0" in r.json()["message"]
+
+
+def test_an_unreachable_feature_store_is_a_503_naming_it(recommender):
+    def down(user_id):
+        raise UnavailableError("feature store at 127.0.0.1:6379: connection refused")
+
+    with TestClient(make_app(recommender, down)) as c:
+        r = post(c, {"user_id": 5})
+    assert r.status_code == 503 and "feature store" in r.json()["message"]
