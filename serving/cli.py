@@ -1,87 +1,98 @@
-"""`g2rec score` (batch scoring from a file) and `g2rec serve` (HTTP recommendations)."""
+"""`g2rec score` (batch scoring from a file) and `g2rec serve` (HTTP recommendations): the entry
+points, the only serving code that reads the environment."""
 
 from __future__ import annotations
 
-import json
+import logging
+import os
+import socket
 from pathlib import Path
 
 import click
-import numpy as np
 
+from g2rec.errors import DataError, UnavailableError
+from serving.batch import FORMATS, BatchConfig, score_lines
+from serving.run_dir import RunConfig, open_run
 
-def _load_scorer(run_dir: Path, threads: int):
-    """A run directory -> (scorer, item_ids): exports model.onnx on first use."""
-    from serving.scorer import OnnxScorer, ScorerConfig
-
-    onnx_path = run_dir / "model.onnx"
-    cfg = json.loads((run_dir / "model_config.json").read_text()) if (run_dir / "model_config.json").is_file() else None
-    if not onnx_path.is_file() or cfg is None:
-        from training.export import export_onnx
-        from training.pipeline import load_run
-
-        _, model = load_run(run_dir)
-        export_onnx(model, onnx_path)
-        cfg = model.cfg.to_dict()
-        (run_dir / "model_config.json").write_text(json.dumps(cfg))
-    item_ids = np.load(run_dir / "item_ids.npy", allow_pickle=True) if (run_dir / "item_ids.npy").is_file() else None
-    return OnnxScorer(ScorerConfig(str(onnx_path), max_len=cfg["max_len"], threads=threads)), item_ids
+PROVIDER = click.Choice(["cpu", "cuda", "auto"])
+TOKEN_ENV = "G2REC_SERVE_TOKEN"
 
 
 @click.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--input", "input_path", type=click.File("r"), default="-", help="JSON lines: {\"user\": ..., \"history\": [item ids]}")
-@click.option("--output", type=click.File("w"), default="-")
-@click.option("-k", "--top-k", type=int, default=10, show_default=True)
-@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--input", "input_path", type=click.Path(dir_okay=False, allow_dash=True), default="-",
+              show_default=True, help='JSON lines: {"user": ..., "history": [item ids], "exclude": [...]}')
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="recommendations file")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="parquet", show_default=True)
+@click.option("--errors", "errors_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="bad input lines as JSON lines {line, reason}  [default: OUT.errors.jsonl]")
+@click.option("-k", "--top-k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True)
-def score(run_dir, input_path, output, top_k, batch_size, threads):
-    """Batch scoring: one JSON line in (user, history of original item ids), one JSON line out."""
-    scorer, item_ids = _load_scorer(Path(run_dir), threads)
-    if item_ids is None:
-        raise click.ClickException(f"{run_dir}: no item_ids.npy (re-run `g2rec train`)")
-    index = {v: i for i, v in enumerate(item_ids.tolist()) if i > 0}
+@click.option("--provider", type=PROVIDER, default="cpu", show_default=True)
+def score(run_dir, input_path, out, fmt, errors_path, top_k, batch_size, threads, provider):
+    """Batch scoring: users from a JSON-lines file to ranked rows (user, rank, item, score, ...,
+    model_version), by the serving rule. Bad lines go to the errors file and the run carries on;
+    the exit status is then 2."""
+    from tqdm import tqdm
 
-    def flush(rows):
-        recs = scorer.recommend([r[1] for r in rows], top_k)
-        for (user, _), rec in zip(rows, recs):
-            output.write(json.dumps({"user": user, "items": item_ids[rec.items].tolist(), "scores": rec.scores.round(5).tolist()}) + "\n")
+    rec = open_run(RunConfig(run_dir, threads, provider))
+    errors_path = errors_path or out.with_name(out.name + ".errors.jsonl")
+    source = click.open_file(input_path, "r")
+    size = Path(input_path).stat().st_size if input_path != "-" else None
+    with source, open(errors_path, "w") as errors, tqdm(total=size, unit="B", unit_scale=True, desc="score",
+                                                        disable=None) as bar:
+        def lines():
+            for line in source:
+                bar.update(len(line))
+                yield line
 
-    rows = []
-    for lineno, line in enumerate(input_path, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            hist = [index[i] for i in rec["history"]]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise click.ClickException(f"{input_path.name}:{lineno}: bad input line ({type(e).__name__}: {e})")
-        if not hist:
-            raise click.ClickException(f"{input_path.name}:{lineno}: empty history")
-        rows.append((rec.get("user"), np.array(hist)))
-        if len(rows) == batch_size:
-            flush(rows)
-            rows = []
-    if rows:
-        flush(rows)
+        summary = score_lines(rec, lines(), out, errors, BatchConfig(top_k, batch_size, fmt))
+    click.echo(f"{summary.users} users -> {summary.rows} rows in {out} ({summary.fallbacks} by popularity, "
+               f"{summary.unknown_items} unknown items ignored, model {rec.version})", err=True)
+    if summary.bad_lines:
+        raise DataError(f"{input_path}: {summary.bad_lines} bad input lines, skipped; listed in {errors_path}")
 
 
 @click.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8600, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8600, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True)
+@click.option("--provider", type=PROVIDER, default="cpu", show_default=True,
+              help="onnxruntime provider; auto: CUDA when its libraries load, else CPU")
 @click.option("--features/--no-features", default=False, show_default=True,
               help="answer user_id requests from the feature store named by the G2REC_* environment")
-def serve(run_dir, host, port, threads, features):
-    """HTTP recommendations: POST /recommend {"history": [item ids]} or {"user_id": 7}, "k": 10."""
+@click.option("--max-batch", type=click.IntRange(min=1), default=100, show_default=True, help="users per batch request")
+@click.option("--max-body-bytes", type=click.IntRange(min=1024), default=1 << 20, show_default=True)
+@click.option("--body-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="seconds a request body may take to arrive")
+def serve(run_dir, host, port, threads, provider, features, max_batch, max_body_bytes, body_timeout):
+    """HTTP recommendations: POST /recommend {"history": [item ids]} or {"user_id": 7}, "k": 10;
+    POST /recommend/batch; OpenAPI at /docs. Set G2REC_SERVE_TOKEN to require a bearer token."""
     import uvicorn
 
-    from serving.http import feature_store_histories, make_app
+    from serving.http import HttpConfig, feature_store_histories, make_app
+    from serving.schemas import Limits
 
-    scorer, item_ids = _load_scorer(Path(run_dir), threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    rec = open_run(RunConfig(run_dir, threads, provider))
     histories = None
     if features:
         from features.config import StoreConfig
 
         histories = feature_store_histories(StoreConfig.from_env())
-    uvicorn.run(make_app(scorer, item_ids, histories), host=host, port=port, log_level="warning")
+    config = HttpConfig(Limits(max_batch=max_batch), max_body_bytes, body_timeout, os.environ.get(TOKEN_ENV) or None)
+    app = make_app(rec, histories, config)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        raise UnavailableError(f"{host}:{port}: cannot listen ({e.strerror})", fix="pick another port") from e
+    bound = sock.getsockname()[1]
+    logging.getLogger("g2rec.serving").info(
+        "listening on http://%s:%d (model %s, %d items, providers %s, auth %s)", host, bound, rec.version,
+        rec.n_items, ",".join(rec.scorer.providers), "bearer token" if config.token else "off")
+    server = uvicorn.Server(uvicorn.Config(app, log_level="info", access_log=True, timeout_keep_alive=5))
+    server.run(sockets=[sock])

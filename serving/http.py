@@ -1,62 +1,141 @@
-"""HTTP front of the scorer (FastAPI): near-real-time recommendations for one user, from a
-history in the request or the user's recent history in the feature store."""
+"""HTTP front of the recommender (FastAPI; OpenAPI at /docs): near-real-time recommendations for
+one user (POST /recommend) or many (POST /recommend/batch), from a history in the request or the
+user's recent history in the feature store, by the rule of serving.recommender (unknown items
+ignored and counted, histories cut to the most recent max_len, popularity fallback, at most k).
 
-from __future__ import annotations
+Bad input is a 4xx whose `message` names the field, never a 5xx and never an echo of the input:
+ids and k are strict integers in range (item ids strict strings for string catalogues), bodies are
+capped in size (413) and must arrive within a deadline (408). GET /health (alive), /ready (the
+model answers), /metrics (Prometheus). With a token configured, the POST endpoints want
+`Authorization: Bearer TOKEN`.
+"""
 
+import logging
+import secrets
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving.scorer import OnnxScorer
+from g2rec.errors import UnavailableError
+from serving.metrics import Metrics
+from serving.middleware import BodyLimit, RequestMetrics
+from serving.recommender import Recommender
+from serving.schemas import BatchResponse, Limits, Problem, Recommendation, request_models
+
+log = logging.getLogger("g2rec.serving")
 
 # user id -> the user's recent original item ids (oldest first), or None when the store has none.
 HistorySource = Callable[[int], "np.ndarray | None"]
 
-
-class RecommendRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    history: list[int | str] | None = Field(None, min_length=1, description="original item ids, oldest first")
-    user_id: int | None = Field(None, description="look the recent history up in the feature store")
-    k: int = Field(10, ge=1, le=1000)
-
-    @model_validator(mode="after")
-    def one_source(self) -> "RecommendRequest":
-        if (self.history is None) == (self.user_id is None):
-            raise ValueError("give exactly one of history or user_id")
-        return self
+MAX_LOC_CHARS = 64  # an unknown field's name is echoed at most this long
 
 
-class RecommendResponse(BaseModel):
-    items: list[int | str]
-    scores: list[float]
+@dataclass(frozen=True)
+class HttpConfig:
+    limits: Limits = field(default_factory=Limits)
+    max_body_bytes: int = 1 << 20
+    body_timeout_s: float = 10.0  # the whole body must arrive within this
+    token: str | None = None  # bearer token the POST endpoints require; None: open
 
 
-def make_app(scorer: OnnxScorer, item_ids: np.ndarray, user_history: HistorySource | None = None) -> FastAPI:
-    index = {v: i for i, v in enumerate(item_ids.tolist()) if i > 0}
-    app = FastAPI(title="g2rec serving")
+def _field(loc) -> str:
+    return ".".join(str(p)[:MAX_LOC_CHARS] for p in loc)
+
+
+def validation_problem(exc: RequestValidationError) -> dict:
+    """pydantic errors -> {message, detail}, without the offending input (it may be huge or not
+    JSON-encodable, like NaN)."""
+    detail = [{"loc": [str(p)[:MAX_LOC_CHARS] for p in e["loc"]], "msg": e["msg"], "type": e["type"]}
+              for e in exc.errors()[:20]]
+    message = "; ".join(f"{_field(e['loc'])}: {e['msg']}" for e in detail[:5])
+    return {"message": message, "detail": detail}
+
+
+def problem(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"message": message, "detail": message}, status_code=status, headers=headers)
+
+
+def make_app(recommender: Recommender, user_history: HistorySource | None = None,
+             config: HttpConfig = HttpConfig()) -> FastAPI:
+    RecommendRequest, BatchRequest = request_models(recommender.item_type, config.limits)
+    metrics = Metrics(recommender.version, recommender.n_items)
+    app = FastAPI(title="g2rec serving", version=recommender.version,
+                  responses={422: {"model": Problem}, 413: {"model": Problem}, 408: {"model": Problem}})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(validation_problem(exc), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's own 400s and 404s are Starlette's
+    async def http_problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if exc.status_code != 400 or "parsing the body" not in str(exc.detail) \
+            else "body: not valid JSON in UTF-8 (or nested too deeply)"
+        return problem(exc.status_code, message, exc.headers)
+
+    @app.exception_handler(UnavailableError)  # the feature store is down: the client may retry
+    async def unavailable(request: Request, exc: UnavailableError) -> JSONResponse:
+        return problem(503, str(exc))
+
+    bearer = HTTPBearer(auto_error=False)
+
+    def authorized(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if config.token is None:
+            return
+        if creds is None or not secrets.compare_digest(creds.credentials.encode(), config.token.encode()):
+            raise HTTPException(401, "authorization: a valid bearer token is required",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    def histories_of(queries) -> list[list]:
+        out = []
+        for q in queries:
+            if q.user_id is None:
+                out.append(q.history)
+                continue
+            if user_history is None:
+                raise HTTPException(400, "user_id: lookups need the feature store (the server runs without it)")
+            found = user_history(q.user_id)
+            out.append([] if found is None else found.tolist())
+        return out
+
+    def answer(queries, k: int) -> list[Recommendation]:
+        ranked = recommender.recommend(histories_of(queries), k, [q.exclude for q in queries])
+        metrics.fallbacks.inc(sum(r.fallback for r in ranked))
+        metrics.unknown_items.inc(sum(r.unknown_items for r in ranked))
+        return [Recommendation(user_id=q.user_id, items=r.items, scores=r.scores, used_items=r.used_items,
+                               unknown_items=r.unknown_items, fallback=r.fallback, model_version=recommender.version)
+                for q, r in zip(queries, ranked)]
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "items": len(item_ids) - 1, "feature_store": user_history is not None}
+        return {"status": "ok"}
 
-    @app.post("/recommend", response_model=RecommendResponse)
-    def recommend(req: RecommendRequest) -> RecommendResponse:
-        history = req.history
-        if req.user_id is not None:
-            if user_history is None:
-                raise HTTPException(400, "user_id lookups need the feature store (start with --features)")
-            found = user_history(req.user_id)
-            if found is None or len(found) == 0:
-                raise HTTPException(404, f"user {req.user_id} has no recent history in the feature store")
-            history = found.tolist()
-        known = [index[i] for i in history if i in index]
-        if not known:
-            raise HTTPException(422, f"no known item in history (unknown: {history[:10]})")
-        rec = scorer.recommend([np.array(known)], req.k)[0]
-        return RecommendResponse(items=item_ids[rec.items].tolist(), scores=rec.scores.tolist())
+    @app.get("/ready")
+    def ready() -> dict:
+        recommender.scorer.scores([np.array([1])])  # the session answers
+        return {"status": "ready", "model_version": recommender.version, "items": recommender.n_items,
+                "max_len": recommender.max_len, "feature_store": user_history is not None}
 
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.post("/recommend", response_model=Recommendation, dependencies=[Depends(authorized)])
+    def recommend(req: RecommendRequest) -> Recommendation:
+        return answer([req], req.k)[0]
+
+    @app.post("/recommend/batch", response_model=BatchResponse, dependencies=[Depends(authorized)])
+    def recommend_batch(req: BatchRequest) -> BatchResponse:
+        return BatchResponse(model_version=recommender.version, results=answer(req.users, req.k))
+
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, timeout_s=config.body_timeout_s)
+    app.add_middleware(RequestMetrics, metrics=metrics,
+                       endpoints={"/recommend", "/recommend/batch", "/health", "/ready", "/metrics"})
     return app
 
 

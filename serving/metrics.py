@@ -1,0 +1,28 @@
+"""The service's Prometheus metrics, in a registry of its own (one per app, so tests and several
+apps in one process do not collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, generate_latest
+
+
+class Metrics:
+    def __init__(self, model_version: str, n_items: int):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("g2rec_requests", "HTTP requests by endpoint and status",
+                                ["endpoint", "status"], registry=self.registry)
+        self.latency = Histogram("g2rec_request_seconds", "HTTP request latency (seconds)", ["endpoint"],
+                                 registry=self.registry,
+                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
+        self.fallbacks = Counter("g2rec_fallbacks", "users answered by the popularity fallback", registry=self.registry)
+        self.unknown_items = Counter("g2rec_unknown_items", "history items not in the catalogue, ignored",
+                                     registry=self.registry)
+        Info("g2rec_model", "the model being served", registry=self.registry).info(
+            {"version": model_version, "items": str(n_items)})
+
+    def observe(self, endpoint: str, status: int, seconds: float) -> None:
+        self.requests.labels(endpoint, str(status)).inc()
+        self.latency.labels(endpoint).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,69 @@
+"""serving/scorer.py: eager vs ONNX parity, ranking, provider choice and the model version."""
+
+import numpy as np
+import pytest
+import torch
+
+from g2rec.errors import ConfigError
+from g2rec.ranking import pad_left
+from serving.scorer import OnnxScorer, ScorerConfig, model_version
+from tests.serving.conftest import MAX_LEN, N, tiny_model
+from training.export import export_onnx
+
+
+@pytest.fixture(scope="module", params=["items", "g2rec"])
+def exported(request, tmp_path_factory):
+    m = tiny_model(request.param)
+    path = export_onnx(m, tmp_path_factory.mktemp(request.param) / "model.onnx")
+    return m, path
+
+
+def test_onnx_reproduces_eager_scores_for_any_batch_and_length(exported):
+    m, path = exported
+    scorer = OnnxScorer(ScorerConfig(str(path), max_len=MAX_LEN))
+    rng = np.random.default_rng(0)
+    for B, T in [(1, 1), (3, 5), (7, 12)]:
+        hist = [rng.integers(1, N + 1, size=rng.integers(1, T + 1)) for _ in range(B)]
+        eager = m.score(torch.from_numpy(pad_left(hist, max(len(h) for h in hist)))).numpy()
+        onnx = scorer.scores(hist)
+        finite = np.isfinite(eager)
+        assert np.array_equal(finite, np.isfinite(onnx))
+        np.testing.assert_allclose(onnx[finite], eager[finite], atol=1e-4)
+
+
+def test_recommendations_exclude_history_and_are_sorted(exported):
+    _, path = exported
+    scorer = OnnxScorer(ScorerConfig(str(path), max_len=MAX_LEN))
+    hist = [np.array([1, 2, 3]), np.array([4])]
+    for h, rec in zip(hist, scorer.recommend(hist, k=5)):
+        assert len(rec.items) == 5 and not set(rec.items) & set(h) and 0 not in rec.items
+        assert np.all(np.diff(rec.scores) <= 0)
+
+
+def test_k_beyond_the_catalogue_returns_every_unseen_item_once(exported):
+    _, path = exported
+    rec = OnnxScorer(ScorerConfig(str(path), max_len=MAX_LEN)).recommend([np.array([1, 2])], k=10**9)[0]
+    assert sorted(rec.items.tolist()) == list(range(3, N + 1)) and np.isfinite(rec.scores).all()
+
+
+def test_histories_longer_than_max_len_score_as_their_most_recent_items(exported):
+    _, path = exported
+    scorer = OnnxScorer(ScorerConfig(str(path), max_len=MAX_LEN))
+    long = np.arange(1, 3 * MAX_LEN + 1) % N + 1
+    np.testing.assert_allclose(scorer.scores([long]), scorer.scores([long[-MAX_LEN:]]), atol=1e-6)
+
+
+def test_cpu_is_the_default_provider_and_unknown_providers_are_config_errors(exported):
+    _, path = exported
+    assert OnnxScorer(ScorerConfig(str(path))).providers == ["CPUExecutionProvider"]
+    assert "CPUExecutionProvider" in OnnxScorer(ScorerConfig(str(path), provider="auto")).providers
+    with pytest.raises(ConfigError, match="provider"):
+        OnnxScorer(ScorerConfig(str(path), provider="tpu"))
+
+
+def test_model_version_is_a_sha256_prefix_of_the_file(exported, tmp_path):
+    _, path = exported
+    v = model_version(path)
+    assert len(v) == 12 and int(v, 16) >= 0
+    (tmp_path / "other.onnx").write_bytes(path.read_bytes() + b"\0")
+    assert model_version(tmp_path / "other.onnx") != v
