@@ -5,6 +5,7 @@ A run directory holds everything needed to evaluate, export or serve the model a
   config.json   the full pipeline config (dataset, model, training, graph, clustering)
   model.pt      {"model_config", "state_dict"} (profiles live in the state dict as buffers)
   profiles.npz  item-interest profiles (g2rec mode)
+  item_ids.npy, item_counts.npy  original item ids and training counts per dense id (N+1,)
   metrics.json  validation/test metrics, history excluded ("masked") and not ("unmasked")
 """
 
@@ -102,7 +103,8 @@ def run(cfg: PipelineConfig, out: Path | None = None, data: Interactions | None 
     model = G2RecModel(model_cfg)
     if profiles is not None:
         model.set_profiles(profiles.clusters, profiles.weights)
-    model.set_item_counts(np.bincount(split.train.items, minlength=data.n_items + 1))
+    item_counts = np.bincount(split.train.items, minlength=data.n_items + 1)  # (N+1,)
+    model.set_item_counts(item_counts)
     result = fit(model, split, cfg.train)
     if model_cfg.mode == "g2rec" and model_cfg.direct_weight > 0:
         info["direct_weight_search"] = choose_direct_weight(model, split)
@@ -120,7 +122,7 @@ def run(cfg: PipelineConfig, out: Path | None = None, data: Interactions | None 
         **info,
     }
     if out is not None:
-        save_run(out, cfg, model, profiles, metrics, data.item_ids)
+        save_run(out, cfg, model, profiles, metrics, data.item_ids, item_counts)
     return RunResult(model, split, profiles, metrics)
 
 
@@ -138,8 +140,9 @@ def choose_direct_weight(model: G2RecModel, split: LooSplit) -> dict[str, float]
 
 
 def save_run(out: Path, cfg: PipelineConfig, model: G2RecModel, profiles: InterestProfiles | None, metrics: dict,
-             item_ids: np.ndarray) -> None:
+             item_ids: np.ndarray, item_counts: np.ndarray) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "item_counts.npy", np.asarray(item_counts, dtype=np.int64))
     (out / "config.json").write_text(json.dumps(replace(cfg, model=model.cfg).to_dict(), indent=2))  # as built
     np.save(out / "item_ids.npy", item_ids, allow_pickle=item_ids.dtype == object)
     torch.save({"model_config": model.cfg.to_dict(), "state_dict": model.state_dict()}, out / "model.pt")

@@ -32,9 +32,7 @@ COUNTS = np.arange(N + 1, dtype=np.int64)
 def run_dir(tmp_path_factory):
     """A run directory over original ids 10, 20, ..., 600, with its item counts."""
     out = tmp_path_factory.mktemp("run")
-    save_run(out, PipelineConfig(data=DataSource("synth"), model={"mode": "items"}), tiny_model("items"), None, {},
-             np.arange(N + 1) * 10)
-    np.save(out / "item_counts.npy", COUNTS)
+    save_run(out, PipelineConfig(data=DataSource("synth")), tiny_model("items"), None, {}, np.arange(N + 1) * 10, COUNTS)
     open_run(RunConfig(out))  # exports model.onnx once
     return out
 
