@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from g2rec.errors import DataError
+from g2rec.profiles import check_profiles
 from g2rec.types import InterestProfiles
 
 from .backends import Column
@@ -84,18 +85,8 @@ def publish_profiles(repo: FeatureRepo, profiles: InterestProfiles, log: Version
     t0 = time.perf_counter()
     if not isinstance(profiles, InterestProfiles):
         raise TypeError(f"profiles must be InterestProfiles, got {type(profiles).__name__}")
-    clusters, weights = np.asarray(profiles.clusters), np.asarray(profiles.weights)
-    if clusters.ndim != 2 or clusters.shape != weights.shape:
-        raise ValueError(f"profiles.clusters {clusters.shape} and weights {weights.shape} must be equal (N+1, rho)")
-    if len(profiles.item_ids) != len(clusters):
-        raise ValueError(f"profiles.item_ids has {len(profiles.item_ids)} rows, clusters {len(clusters)}")
-    if len(clusters) < 2:
-        raise ValueError("profiles has no items (only the padding row)")
-    clusters, weights = clusters[1:], weights[1:].astype(np.float32)
-    if clusters.min() < 0 or clusters.max() >= profiles.n_clusters:
-        raise ValueError(f"profiles.clusters must lie in 0..{profiles.n_clusters - 1}")
-    if not np.isfinite(weights).all():
-        raise ValueError("profiles.weights must be finite")
+    check_profiles(profiles, f"profiles version {profiles.version}")
+    clusters, weights = np.asarray(profiles.clusters)[1:], np.asarray(profiles.weights)[1:].astype(np.float32)
     ids = _original_ids(profiles.item_ids[1:], "profiles.item_ids[1:]")
     primary = clusters[:, 0]
     version = int(profiles.version)

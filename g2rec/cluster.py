@@ -58,6 +58,10 @@ __all__ = [
 ]
 _EDGE_CHUNK = 1 << 17  # directed edges per block in the per-iteration passes
 _ROW_CHUNK = 1 << 15  # item rows per block in the gradient and Adam passes
+# Salts of hash_ints streams, so that each pseudo-random choice is independent of the others.
+_SALT_FALLBACK = 17  # the cluster of an item no initial partition placed
+_SALT_FILLER = 23  # filler candidates of the first candidate sets (refreshes salt by iteration)
+_LOG_FLOOR = 1e-30  # weights are clamped to this before a log: log(0) would give -inf * 0 = nan
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,45 @@ def pick_device(name: str) -> torch.device:
 # The optimiser
 
 
+@dataclass(frozen=True)
+class _Memberships:
+    """Each row's top-rho memberships: idx (R, rho) candidate columns, clusters (R, rho) their
+    cluster ids, weights (R, rho) their softmax weights."""
+
+    idx: torch.Tensor
+    clusters: torch.Tensor
+    weights: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """One forward pass: Q_gamma and the objective, and what the gradient needs from it.
+
+    idx, s:  (R, rho) top-rho columns and (active-masked) weights.
+    a_s:     (R, C) (A S)_ic at each candidate column.
+    d_c, sizes: (K,) degree mass and membership mass per cluster; norm = ||sizes||.
+    """
+
+    q: float
+    objective: float
+    idx: torch.Tensor
+    s: torch.Tensor
+    a_s: torch.Tensor
+    d_c: torch.Tensor
+    sizes: torch.Tensor
+    norm: float
+
+
+@dataclass(frozen=True)
+class _InitialRows:
+    """clusters (R, P) initial clusters, logits (R, P) their logits (-inf = unused) and, for a warm
+    start, warm_primary (R,) the warm primary cluster per row (-1 for new items), else None."""
+
+    clusters: torch.Tensor
+    logits: torch.Tensor
+    warm_primary: torch.Tensor | None
+
+
 class _SoftState:
     """Candidate clusters, logits and Adam moments of every row, plus the per-edge slot table."""
 
@@ -204,16 +247,16 @@ class _SoftState:
             flat = torch.where(col >= 0, a[:, None] * self.c + col, self.n_slots)
             self.table[e] = flat.to(self.table_dtype)
 
-    def memberships(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(idx, clusters, s): top-rho columns, their cluster ids and softmax weights, (R, rho)."""
+    def memberships(self) -> _Memberships:
         vals, idx = self.theta.topk(self.cfg.rho, dim=1)
         s = torch.softmax(vals / self.cfg.temperature, dim=1)
-        return idx, self.cand.gather(1, idx), s
+        return _Memberships(idx, self.cand.gather(1, idx), s)
 
-    def _forward(self) -> tuple[float, float, tuple]:
-        """(Q_gamma, objective, context for the gradient): one O(rho*|E| + C*N) pass."""
+    def _forward(self) -> _Pass:
+        """Q_gamma, the objective and what the gradient needs: one O(rho*|E| + C*N) pass."""
         cfg, g = self.cfg, self.g
-        idx, tc, s = self.memberships()
+        mem = self.memberships()
+        idx, tc, s = mem.idx, mem.clusters, mem.weights
         s = s * self.active_f[:, None]  # isolated items take no part in the objective
         d_c = torch.zeros(self.k, device=s.device).index_add_(0, tc.flatten(), (s * self.deg32[:, None]).flatten())
         sizes = torch.zeros(self.k, device=s.device).index_add_(0, tc.flatten(), s.flatten())
@@ -238,15 +281,16 @@ class _SoftState:
         q = (inner - cfg.resolution * null) / two_m
         norm = float(sizes.double().norm())
         reg = math.sqrt(self.k) / self.n_active * norm - 1.0
-        entropy = float((self.deg32[:, None] * s * -torch.log(s.clamp_min(1e-30))).double().sum()) / two_m
+        entropy = float((self.deg32[:, None] * s * -torch.log(s.clamp_min(_LOG_FLOOR))).double().sum()) / two_m
         objective = q - cfg.collapse_weight * reg + cfg.softness * entropy
-        return q, objective, (idx, s, a_s, d_c, sizes, norm)
+        return _Pass(q, objective, idx, s, a_s, d_c, sizes, norm)
 
-    def _grad_rows(self, ctx: tuple, lo: int, hi: int) -> torch.Tensor:
+    def _grad_rows(self, ps: _Pass, lo: int, hi: int) -> torch.Tensor:
         """(hi-lo, C) ascent gradient w.r.t. theta[lo:hi], scaled by 2m so it is O(1) whatever the
         graph size (Adam's eps stays negligible). Row blocks keep the temporaries in cache."""
         cfg, two_m = self.cfg, self.g.two_m
-        idx, s, a_s, d_c, sizes, norm = (t[lo:hi] if i < 3 else t for i, t in enumerate(ctx))
+        idx, s, a_s = ps.idx[lo:hi], ps.s[lo:hi], ps.a_s[lo:hi]
+        d_c, sizes, norm = ps.d_c, ps.sizes, ps.norm
         theta, cand = self.theta[lo:hi], self.cand[lo:hi]
         deg, active = self.deg32[lo:hi, None], self.active_f[lo:hi, None]
         # dQ/ds_ic = (2/2m) [(A S)_ic - gamma d_i D_c / 2m]; dR/ds_ic = sqrt(K)/N * n_c / ||n||.
@@ -266,23 +310,23 @@ class _SoftState:
         g_bar = (s * grad_s.gather(1, idx)).sum(1, keepdim=True)
         return (two_m / cfg.temperature) * torch.exp(log_p) * (grad_s - g_bar)
 
-    def evaluate(self, with_grad: bool) -> tuple[float, float, torch.Tensor | None]:
-        """(Q_gamma, objective, ascent gradient w.r.t. theta (R, C) or None)."""
-        q, objective, ctx = self._forward()
-        if not with_grad:
-            return q, objective, None
-        rows = self.g.n_rows
-        grad = torch.cat([self._grad_rows(ctx, lo, min(lo + _ROW_CHUNK, rows)) for lo in range(0, rows, _ROW_CHUNK)])
-        return q, objective, grad
+    def evaluate(self) -> _Pass:
+        """Q_gamma and the objective of the current memberships (no step)."""
+        return self._forward()
+
+    def gradient(self) -> torch.Tensor:
+        """(R, C) ascent gradient w.r.t. theta at the current memberships."""
+        ps, rows = self._forward(), self.g.n_rows
+        return torch.cat([self._grad_rows(ps, lo, min(lo + _ROW_CHUNK, rows)) for lo in range(0, rows, _ROW_CHUNK)])
 
     def iterate(self) -> float:
         """One Adam ascent step on every row; returns the objective before the step."""
-        _, objective, ctx = self._forward()
+        ps = self._forward()
         self.step += 1
         for lo in range(0, self.g.n_rows, _ROW_CHUNK):
             hi = min(lo + _ROW_CHUNK, self.g.n_rows)
-            self.adam_step(self._grad_rows(ctx, lo, hi), lo, hi)
-        return objective
+            self.adam_step(self._grad_rows(ps, lo, hi), lo, hi)
+        return ps.objective
 
     def adam_step(
         self, grad: torch.Tensor, lo: int = 0, hi: int | None = None,
@@ -299,7 +343,8 @@ class _SoftState:
         """Rebuild candidates: current top-rho, the neighbours' best-gain clusters, the rest of the
         old candidates by logit, then pseudo-random clusters. Kept candidates keep logit and moments."""
         cfg = self.cfg
-        idx, tc, s = self.memberships()
+        mem = self.memberships()
+        idx, tc, s = mem.idx, mem.clusters, mem.weights
         d_c = torch.zeros(self.k, dtype=torch.float64, device=s.device).index_add_(
             0, tc.flatten(), (s.double() * self.g.deg[:, None]).flatten()
         )
@@ -334,14 +379,11 @@ class _SoftState:
         self._rebuild_table(changed)
 
 
-def _initial_rows(
-    g: WorkGraph, cfg: ClusterConfig, snapshot: EdgeSnapshot, warm: InterestProfiles | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(R, P) initial clusters, (R, P) their logits (-inf = unused) and, for a warm start, the warm
-    primary per row (-1 for new items)."""
+def _initial_rows(g: WorkGraph, cfg: ClusterConfig, snapshot: EdgeSnapshot, warm: InterestProfiles | None) -> _InitialRows:
+    """Cold start: a hard partition. Warm start: the previous profiles matched by original item id."""
     dev = g.src.device
     n_rows, k = g.n_rows, cfg.n_clusters
-    fallback = hash_ints(cfg.seed, 17, torch.arange(n_rows, device=dev)) % k
+    fallback = hash_ints(cfg.seed, _SALT_FALLBACK, torch.arange(n_rows, device=dev)) % k
     if warm is None:
         tries = []
         if cfg.init in ("auto", "lpa"):
@@ -352,7 +394,7 @@ def _initial_rows(
         labels = max(tries, key=lambda lab: hard_q(g, lab, cfg.resolution))
         hard = labels_to_clusters(labels, g, k, cfg.resolution)
         hard = torch.where(hard >= 0, hard, fallback)
-        return hard[:, None], torch.full((n_rows, 1), cfg.init_logit, device=dev), None
+        return _InitialRows(hard[:, None], torch.full((n_rows, 1), cfg.init_logit, device=dev), None)
     if warm.n_clusters != k:
         raise ValueError(f"warm profiles have {warm.n_clusters} clusters, cfg.n_clusters={k}")
     warm_ids = np.asarray(warm.item_ids)[1:]
@@ -365,14 +407,14 @@ def _initial_rows(
     w_c = torch.as_tensor(warm.clusters[row], device=dev)
     w_w = torch.as_tensor(warm.weights[row], dtype=torch.float32, device=dev)
     found_t = torch.as_tensor(found, device=dev)
-    logits = torch.where(w_w > 0, cfg.init_logit + cfg.temperature * torch.log(w_w.clamp_min(1e-30)), -math.inf)
+    logits = torch.where(w_w > 0, cfg.init_logit + cfg.temperature * torch.log(w_w.clamp_min(_LOG_FLOOR)), -math.inf)
     logits = torch.where(found_t[:, None], logits, -math.inf)
     prim = torch.where(found_t, w_c[:, 0], -1)
     hard = hard_assign(g, prim, k, rounds=5, resolution=cfg.resolution)
     hard = torch.where(hard >= 0, hard, fallback)
     clusters = torch.where(found_t[:, None], w_c, hard[:, None])
     logits[~found_t, 0] = cfg.init_logit
-    return clusters, logits, prim
+    return _InitialRows(clusters, logits, prim)
 
 
 def match_resolution(g: WorkGraph, cfg: ClusterConfig, steps: int = 10, tolerance: float = 0.05) -> float:
@@ -402,7 +444,7 @@ def start_state(g: WorkGraph, cfg: ClusterConfig, init_c: torch.Tensor, init_log
     one = torch.ones(n_rows, 1, dtype=torch.float64, device=dev)
     d_c = torch.zeros(k, dtype=torch.float64, device=dev).index_add_(0, hard0, g.deg)
     neighbours = neighbour_gains(g, hard0[:, None], one, d_c, cfg.resolution, c, k)
-    filler = (hash_ints(cfg.seed, 23, torch.arange(n_rows, device=dev))[:, None] + torch.arange(c, device=dev)) % k
+    filler = (hash_ints(cfg.seed, _SALT_FILLER, torch.arange(n_rows, device=dev))[:, None] + torch.arange(c, device=dev)) % k
     init_valid = torch.where(torch.isfinite(init_logit), init_c, -1)
     cand = row_dedupe(torch.cat([init_valid, neighbours, filler], 1), c)
     col = slot_lookup(init_valid, torch.arange(n_rows, device=dev), cand)
@@ -430,7 +472,8 @@ def cluster(
     c = min(cfg.n_candidates, k)
     if cfg.rho > c:
         raise ValueError(f"rho={cfg.rho} exceeds the {c} candidates available with n_clusters={k}")
-    init_c, init_logit, warm_primary = _initial_rows(g, cfg, snapshot, warm)
+    init = _initial_rows(g, cfg, snapshot, warm)
+    init_c, init_logit, warm_primary = init.clusters, init.logits, init.warm_primary
 
     hard0 = init_c[:, 0]
     init_mod = hard_q(g, hard0) if len(g.src) else 0.0
@@ -450,10 +493,11 @@ def cluster(
         objective = state.iterate()
         done += 1
     iter_seconds = (time.perf_counter() - t_iter) / max(done, 1)
-    _, objective, _ = state.evaluate(with_grad=False)
+    objective = state.evaluate().objective
     del gr
 
-    _, tc_r, s_r = state.memberships()
+    mem = state.memberships()
+    tc_r, s_r = mem.clusters, mem.weights
     tc, s = torch.empty_like(tc_r), torch.empty_like(s_r)
     tc[order], s[order] = tc_r, s_r
     s = torch.where(s >= cfg.min_weight, s, 0.0)

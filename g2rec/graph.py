@@ -210,19 +210,6 @@ class CoCounts:
         self._coalesce()
         return self._keys >> 32, self._keys & 0xFFFFFFFF, self._weights.copy()
 
-    @property
-    def n_pairs(self) -> int:
-        self._coalesce()
-        return len(self._keys)
-
-    def to_dense(self, n: int) -> np.ndarray:
-        """(n, n) symmetric dense counts; for tests on small graphs only."""
-        a, b, w = self.pairs()
-        out = np.zeros((n, n))
-        out[a, b] = w
-        out[b, a] = w
-        return out
-
 
 def sampled_increments(
     context: np.ndarray, flat: np.ndarray, users: np.ndarray, positions: np.ndarray, cfg: GraphConfig, r: int,

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from g2rec.errors import ConfigError
-from g2rec.tokenize import INTEREST, ITEM, PAD, TokenBatch, append_interests, interleave
+from g2rec.tokenize import INTEREST, ITEM, N_TOKEN_KINDS, PAD, TokenBatch, append_interests, interleave
 
 MODES = ("items", "g2rec")
 
@@ -115,7 +115,7 @@ class G2RecModel(nn.Module):
         self.cfg = cfg
         self.item_emb = nn.Embedding(cfg.n_items + 1, cfg.d_model, padding_idx=0)
         self.pos_emb = nn.Embedding(cfg.max_len + 1, cfg.d_model)
-        self.kind_emb = nn.Embedding(3, cfg.d_model)
+        self.kind_emb = nn.Embedding(N_TOKEN_KINDS, cfg.d_model)
         self.ln_in = nn.LayerNorm(cfg.d_model) if cfg.input_norm else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])

@@ -16,6 +16,12 @@ from g2rec.types import EdgeSnapshot
 
 # Directed edges per block in the O(|E|) passes: small blocks keep temporaries in cache and off mmap.
 EDGE_CHUNK = 1 << 17
+# Ties break by a hash: a jitter of (hash % _JITTER_LEVELS) * unit, far below any real difference
+# (label propagation scores are edge weights; modularity gains are in units of edge weight too).
+_JITTER_LEVELS = 1024
+_LPA_JITTER = 1e-9
+_GAIN_JITTER = 1e-12
+_MOVE_SALT = 1  # seed offset of the hash that picks which nodes may move in a round
 
 
 def hash_ints(seed: int, *parts: torch.Tensor | int) -> torch.Tensor:
@@ -158,9 +164,9 @@ def label_propagation(g: WorkGraph, max_rounds: int, seed: int, resolution: floa
         score = torch.zeros(len(uniq), dtype=torch.float64, device=key.device).index_add_(0, inv, g.w)
         owner, lab = uniq // n, uniq % n
         # Ties break by a hash, not by label order, so no label is favoured.
-        score = score + 1e-9 * (hash_ints(seed, t, owner, lab) % 1024).double()
+        score = score + _LPA_JITTER * (hash_ints(seed, t, owner, lab) % _JITTER_LEVELS).double()
         best = group_top(owner, score, n, 1, lab)[:, 0]
-        move = (best >= 0) & (best != labels) & (hash_ints(seed + 1, t, items) % 4 != 0)
+        move = (best >= 0) & (best != labels) & (hash_ints(seed + _MOVE_SALT, t, items) % 4 != 0)  # 3/4 may move
         proposal = torch.where(move, best, labels)
         q = hard_q(g, proposal, resolution)
         if q <= best_q:
@@ -197,10 +203,10 @@ def local_moves(
             stay,
             -resolution * deg * (d_l[labels] - deg) / two_m,
         )
-        gain = torch.where(own, -math.inf, gain + 1e-12 * (hash_ints(seed, t, owner, lab) % 1024).double())
+        gain = torch.where(own, -math.inf, gain + _GAIN_JITTER * (hash_ints(seed, t, owner, lab) % _JITTER_LEVELS).double())
         pick = group_top(owner, gain, n, 1, torch.arange(len(gain), device=src.device))[:, 0]
         best_gain = torch.where(pick >= 0, gain[pick.clamp_min(0)], -math.inf)
-        move = (best_gain > stay + 1e-12) & (hash_ints(seed + 1, t, nodes) % 2 == 0)
+        move = (best_gain > stay + _GAIN_JITTER) & (hash_ints(seed + _MOVE_SALT, t, nodes) % 2 == 0)  # half may move
         labels = torch.where(move, lab[pick.clamp_min(0)], labels)
         if int(move.sum()) <= tol * n:
             break

@@ -12,7 +12,11 @@ import dataclasses
 import numpy as np
 import torch
 
+from g2rec.errors import DataError
 from g2rec.types import InterestProfiles
+
+_MIN_MASS = 1e-12  # denominator floor of a cluster's membership mass
+_SUM_TOL, _ORDER_TOL = 1e-5, 1e-7  # float32 weights: row sums and descending order, within rounding
 
 
 def top_rho(clusters: np.ndarray, weights: np.ndarray, rho: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,29 +74,22 @@ def make_profiles(
     return InterestProfiles(clusters=c, weights=w, item_ids=np.asarray(item_ids), n_clusters=n_clusters, version=version)
 
 
-def hard_profiles(profiles: InterestProfiles) -> InterestProfiles:
-    """rho = 1 profiles: each item fully in its primary cluster (the hard-token ablation)."""
-    w = np.ones((len(profiles.clusters), 1), dtype=np.float32)
-    w[0] = 0.0
-    return dataclasses.replace(profiles, clusters=profiles.clusters[:, :1].copy(), weights=w)
-
-
-def next_version(profiles: InterestProfiles) -> InterestProfiles:
-    """The same memberships under the next version number (a new publish)."""
-    return dataclasses.replace(profiles, version=profiles.version + 1)
-
-
-def check_profiles(profiles: InterestProfiles) -> None:
-    """Raise ValueError unless rows 1..N sum to 1, are sorted, and ids are in range."""
-    c, w = profiles.clusters, profiles.weights
+def check_profiles(profiles: InterestProfiles, what: str = "profiles") -> None:
+    """Raise DataError unless the profiles are well formed: (N+1, rho) clusters and weights with
+    N >= 1, cluster ids in range, finite weights, rows 1..N summing to 1 in descending order."""
+    c, w = np.asarray(profiles.clusters), np.asarray(profiles.weights)
     if c.shape != w.shape or c.ndim != 2 or len(c) != len(profiles.item_ids):
-        raise ValueError(f"clusters {c.shape}, weights {w.shape}, item_ids {profiles.item_ids.shape} disagree")
+        raise DataError(f"{what}: clusters {c.shape}, weights {w.shape}, item_ids {np.shape(profiles.item_ids)} disagree")
+    if len(c) < 2:
+        raise DataError(f"{what}: no items (only the padding row)")
     if c.min() < 0 or c.max() >= profiles.n_clusters:
-        raise ValueError(f"cluster ids outside 0..{profiles.n_clusters - 1}")
-    if not np.allclose(w[1:].sum(1), 1.0, atol=1e-5):
-        raise ValueError("profile weights of items 1..N must sum to 1")
-    if (np.diff(w[1:], axis=1) > 1e-7).any():
-        raise ValueError("profile weights must be sorted in descending order")
+        raise DataError(f"{what}: cluster ids outside 0..{profiles.n_clusters - 1}")
+    if not np.isfinite(w).all():
+        raise DataError(f"{what}: weights must be finite")
+    if not np.allclose(w[1:].sum(1), 1.0, atol=_SUM_TOL):
+        raise DataError(f"{what}: weights of items 1..N must sum to 1")
+    if (np.diff(w[1:], axis=1) > _ORDER_TOL).any():
+        raise DataError(f"{what}: weights must be sorted in descending order")
 
 
 def memberships(profiles: InterestProfiles) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -123,4 +120,4 @@ def cluster_prototypes(profiles: InterestProfiles, item_embeddings: torch.Tensor
     sums = torch.zeros(k, d, device=dev, dtype=item_embeddings.dtype)
     sums.index_add_(0, c_t, item_embeddings[item_t] * w_t[:, None])
     mass = torch.zeros(k, device=dev, dtype=item_embeddings.dtype).index_add_(0, c_t, w_t)
-    return sums / mass.clamp_min(1e-12)[:, None]
+    return sums / mass.clamp_min(_MIN_MASS)[:, None]  # an empty cluster gets a zero vector

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-PAD, INTEREST, ITEM = 0, 1, 2
+PAD, INTEREST, ITEM = 0, 1, 2  # token kinds
+N_TOKEN_KINDS = 3
 
 
 @dataclass
@@ -68,9 +69,3 @@ def append_interests(tokens: TokenBatch, clusters: torch.Tensor) -> TokenBatch:
         weights=torch.cat([tokens.weights, w], 1),
         pos=torch.cat([tokens.pos, torch.zeros_like(kind)], 1),
     )
-
-
-def items_of(tokens: TokenBatch) -> torch.Tensor:
-    """Inverse of interleave: (B, 2T) tokens -> (B, T) left-padded item ids."""
-    B, L = tokens.item.shape
-    return torch.where(tokens.kind == ITEM, tokens.item, 0).view(B, L // 2, 2)[:, :, 1]

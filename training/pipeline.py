@@ -6,6 +6,7 @@ A run directory holds everything needed to evaluate, export or serve the model a
   model.pt      {"model_config", "state_dict"} (profiles live in the state dict as buffers)
   profiles.npz  item-interest profiles (g2rec mode)
   item_ids.npy, item_counts.npy  original item ids and training counts per dense id (N+1,)
+  prototypes.npy  (K, d) membership-weighted mean item embedding per interest (g2rec mode)
   metrics.json  validation/test metrics, history excluded ("masked") and not ("unmasked")
 """
 
@@ -27,6 +28,7 @@ from g2rec.errors import ConfigError, NotFoundError
 from g2rec.graph import GraphConfig, build_graph
 from g2rec.metrics import LooSplit, loo_split
 from g2rec.model import G2RecModel, ModelConfig
+from g2rec.profiles import cluster_prototypes, cluster_sizes
 from g2rec.train import TrainConfig, evaluate, evaluate_mixtures, fit
 from g2rec.types import Interactions, InterestProfiles
 
@@ -85,6 +87,7 @@ def build_profiles(train: Interactions, graph: GraphConfig, cluster: ClusterConf
         "graph_seconds": t1 - t0,
         "cluster_seconds": time.time() - t1,
         "cluster_report": {k: (v if isinstance(v, (int, float, str, type(None), dict, list)) else str(v)) for k, v in asdict(report).items()},
+        "cluster_sizes": cluster_sizes(profiles).astype(int).tolist(),  # items per primary interest
     }
     return profiles, info
 
@@ -147,6 +150,8 @@ def save_run(out: Path, cfg: PipelineConfig, model: G2RecModel, profiles: Intere
     np.save(out / "item_ids.npy", item_ids, allow_pickle=item_ids.dtype == object)
     torch.save({"model_config": model.cfg.to_dict(), "state_dict": model.state_dict()}, out / "model.pt")
     if profiles is not None:
+        # Cluster prototypes for the feature store (`g2rec features publish-prototypes`).
+        np.save(out / "prototypes.npy", cluster_prototypes(profiles, model.item_emb.weight.detach()).numpy())
         np.savez(out / "profiles.npz", clusters=profiles.clusters, weights=profiles.weights,
                  item_ids=profiles.item_ids, n_clusters=profiles.n_clusters, version=profiles.version)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

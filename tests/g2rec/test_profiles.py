@@ -9,9 +9,7 @@ from g2rec.profiles import (
     check_profiles,
     cluster_prototypes,
     cluster_sizes,
-    hard_profiles,
     make_profiles,
-    next_version,
     top_rho,
 )
 
@@ -54,12 +52,8 @@ def test_make_profiles_pads_row_zero_and_validates():
         make_profiles(np.array([[0], [7]]), np.ones((2, 1)), np.arange(2), 4, rho=1)
 
 
-def test_hard_profiles_and_versions():
+def test_cluster_sizes_count_primaries_or_membership_mass():
     p = make_profiles(np.array([[0, 1], [2, 3], [1, 0]]), np.array([[1, 1], [1.0, 3.0], [2.0, 1.0]]), np.arange(3), 4, rho=2)
-    h = hard_profiles(p)
-    assert h.rho == 1 and (h.weights[1:] == 1).all()
-    np.testing.assert_array_equal(h.primary, p.primary)
-    assert next_version(p).version == p.version + 1
     np.testing.assert_array_equal(cluster_sizes(p), [0, 1, 0, 1])
     np.testing.assert_allclose(cluster_sizes(p, soft=True), [1 / 3, 2 / 3, 1 / 4, 3 / 4])
 
