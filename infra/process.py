@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +28,18 @@ def listening(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def claim(port: int | None, data_dir: str | os.PathLike | None, prefix: str,
+          error: type[G2RecError]) -> tuple[int, Path]:
+    """A loopback port for a new server (a free one when None; `error` when it is taken) and its
+    directory (created; a new temp dir when None)."""
+    port = port or free_port()
+    if listening(port):
+        raise error(f"port {port} on 127.0.0.1 is already in use", fix="choose another port or let one be picked")
+    path = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix=prefix))
+    path.mkdir(parents=True, exist_ok=True)
+    return port, path
 
 
 def alive(pid: int) -> bool:

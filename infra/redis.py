@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 
 from g2rec.errors import UnavailableError
-from infra.process import free_port, launch, listening, server_cli, stop
+from infra.process import claim, launch, listening, server_cli, stop
 
 
 class ServerError(UnavailableError):
@@ -53,11 +52,7 @@ def start(port: int | None = None, data_dir: str | os.PathLike | None = None,
           ready_timeout_s: float = 15.0) -> RedisServer:
     """Start redis-server on 127.0.0.1:port (a free port when None) and wait for PING."""
     binary = redis_binary()
-    port = port or free_port()
-    if listening(port):
-        raise ServerError(f"port {port} on 127.0.0.1 is already in use")
-    data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="g2rec-redis-"))
-    data_dir.mkdir(parents=True, exist_ok=True)
+    port, data_dir = claim(port, data_dir, "g2rec-redis-", ServerError)
     log_path = data_dir / f"redis-{port}.log"
     cmd = [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--protected-mode", "yes",
            "--save", "", "--appendonly", "no", "--dir", str(data_dir), "--daemonize", "no",
