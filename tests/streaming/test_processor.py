@@ -6,6 +6,7 @@ import pytest
 from g2rec.graph import GraphConfig, resample_snapshot
 from streaming.config import StreamConfig
 from streaming.eventlog import read_events
+from streaming.models import DeadLetter
 from streaming.processor import StreamProcessor
 from streaming.sink import MemorySink, make_sink
 from streaming.snapshots import dense_counts, read_snapshot, take_snapshot
@@ -181,3 +182,26 @@ def test_revoking_needs_a_checkpoint_and_then_forgets_the_partition(cfg, events)
     with pytest.raises(ValueError, match="not owned"):
         proc.process(1, [50], [values[0]])
     assert proc.assign(1, 0) == 50  # taking it back resumes at its committed offset
+
+
+def test_dead_letters_are_committed_with_their_offsets_and_leave_the_outbox_once_forwarded(cfg, events):
+    _, _, _, values, partitions = events
+    store = StateStore(cfg.store)
+    proc = StreamProcessor(cfg, store)
+    proc.assign(0, 0)
+    batch = [values[0], b"{not json", values[1], b"x" * 200_000]
+    rejected = proc.process(0, [0, 1, 2, 3], batch)
+    assert [r.index for r in rejected] == [1, 3]
+    letters = [DeadLetter.of(cfg.topics.events, 0, r.index, r.reason, None, batch[r.index], 1000) for r in rejected]
+    proc.add_dead_letters(letters)
+    assert store.outbox(cfg.topics.events, {0}) == []  # nothing before the commit
+    proc.checkpoint()
+    rows = store.outbox(cfg.topics.events, {0, 1})
+    assert [r.letter for r in rows] == letters and all(r.forwarding_from is None for r in rows)
+    assert rows[1].letter.truncated and rows[1].letter.size == 200_000
+    store.mark_outbox(letters[:1], forwarding_from=5)
+    assert [r.forwarding_from for r in store.outbox(cfg.topics.events, {0})] == [5, None]
+    store.mark_outbox(letters, forwarded=True)
+    assert store.outbox(cfg.topics.events, {0}) == []
+    store.compact(cfg.topics.events, cfg.graph.window)  # forwarded rows are dropped
+    assert store.offsets(cfg.topics.events) == {0: 4}
