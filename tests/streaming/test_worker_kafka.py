@@ -288,7 +288,8 @@ def _assert_dead_lettered_once(bootstrap: str, topic: str, sent_bad: dict) -> No
         assert d.value == value[:DEAD_LETTER_MAX_BYTES], f"dead letter {d.dlq_key} altered"
         assert reason in d.reason, (reason, d.reason)
     assert {(d.partition, d.offset) for d in letters} == set(sent_bad)
-    assert any(d.truncated for d in letters)  # the 1.1 MB one
+    oversized = any(len(v or b"") > DEAD_LETTER_MAX_BYTES for v, _ in sent_bad.values())  # the 1.1 MB one
+    assert any(d.truncated for d in letters) == oversized
 
 
 def test_ten_thousand_malformed_messages_are_dead_lettered_and_valid_ones_counted(kafka_broker, tmp_path):
@@ -334,3 +335,35 @@ def test_sigterm_commits_the_pending_work_before_exiting(kafka_broker, tmp_path)
     state = store.committed(topic)
     assert state.n_events == len(log)
     assert_counts_equal(state.counts, batch_counts(log.users, log.items, log.times, GRAPH))
+
+
+def test_a_dead_letter_forward_cut_short_is_finished_without_sending_twice(kafka_broker, tmp_path):
+    from kafka import KafkaProducer
+
+    from streaming.store import Checkpoint
+
+    topic = "cut"
+    create_topics(kafka_broker.bootstrap, {topic: PARTITIONS})
+    create_topics(kafka_broker.bootstrap, {f"{topic}-dlq": 1, f"{topic}-snapshots": 1}, exact=False)
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all")
+    values = [b"bad %d" % k for k in range(3)]
+    for v in values:
+        producer.send(topic, value=v, partition=0).get(10)
+    # A worker committed three dead letters, marked a forward, sent the first one and died.
+    letters = [DeadLetter.of(topic, 0, k, "invalid JSON", None, v, DEAD_LETTER_MAX_BYTES)
+               for k, v in enumerate(values)]
+    store = _store(tmp_path, "w")
+    store.claim(topic, 0, 0)
+    empty = np.zeros(0, dtype=np.int64)
+    store.commit(Checkpoint(topic, {0: (0, 3)}, empty, np.zeros(0), 0, 0, 0.0, {}, letters))
+    store.mark_outbox(letters, forwarding_from=0)
+    producer.send(f"{topic}-dlq", key=letters[0].dlq_key, value=letters[0].value, partition=0,
+                  headers=letters[0].headers()).get(10)
+    producer.close()
+    worker = _worker(kafka_broker, topic, tmp_path, "w")
+    try:
+        wait_for(lambda: not store.outbox(topic, {0}), 60, "the outbox forwarded", workers=[worker])
+        _assert_dead_lettered_once(kafka_broker.bootstrap, topic, {(0, k): (v, "invalid JSON")
+                                                                   for k, v in enumerate(values)})
+    finally:
+        worker.stop()
