@@ -1,5 +1,6 @@
 """Data sources. Streamed and published data arrive through PushSources; each has a parquet
 FileSource behind it for the file offline store (paths relative to the repo root, under data/).
+The stream worker's event log is a FileSource of its own: the offline source of user histories.
 """
 
 from feast import FileSource, PushSource
@@ -39,4 +40,15 @@ user_history_push = PushSource(
     name="user_history_push",
     batch_source=user_history_file,
     description="Recent histories written by the stream worker's sink (features/sink.py).",
+)
+
+user_event_log = FileSource(
+    name="user_event_log",
+    path="data/eventlog",
+    timestamp_field="event_timestamp",
+    description=(
+        "The stream worker's Parquet event log (streaming/eventlog.py): one row per committed event "
+        "(user_id, item_id, event_timestamp, kafka_partition, kafka_offset), a dataset partitioned by "
+        "date and Kafka partition. Run the worker with event_log_dir = <features root>/data/eventlog."
+    ),
 )

@@ -15,6 +15,7 @@ if __package__:
     from .data_sources import (
         cluster_prototype_push,
         item_interest_profile_push,
+        user_event_log,
         user_history_push,
         version_pointer_push,
     )
@@ -23,6 +24,7 @@ else:  # `feast apply` imports repo files as top-level modules
     from data_sources import (
         cluster_prototype_push,
         item_interest_profile_push,
+        user_event_log,
         user_history_push,
         version_pointer_push,
     )
@@ -94,4 +96,22 @@ user_recent_history = FeatureView(
     source=user_history_push,
     online=True,
     description="A user's most recent engagements, appended by the stream worker.",
+)
+
+user_engagement = FeatureView(
+    name="user_engagement",
+    entities=[user],
+    ttl=NEVER_EXPIRES,
+    schema=[
+        Field(name="user_id", dtype=Int64),
+        Field(name="item_id", dtype=Int64, description="the item of the user's engagement"),
+        Field(name="kafka_offset", dtype=Int64, description="its offset in its events-topic partition"),
+    ],
+    source=user_event_log,
+    online=False,
+    description=(
+        "Users' engagements from the event log, offline only: get_historical_features gives each "
+        "user's latest engagement at or before the query time; whole sequences come from "
+        "streaming.eventlog.read_histories."
+    ),
 )

@@ -63,9 +63,10 @@ class FeatureRepo:
 
     def ensure_offline_file(self, view: FeatureView) -> None:
         """Create the view's offline parquet file, empty with its schema, if it is missing
-        (Feast's file offline store appends only to an existing file)."""
+        (Feast's file offline store appends only to an existing file). The event log is a folder
+        the stream worker fills, so it is left alone."""
         source = view.batch_source
-        if not isinstance(source, FileSource):
+        if not isinstance(source, FileSource) or source.name == data_sources.user_event_log.name:
             return
         path = Path(FileSource.get_uri_for_file_path(self.repo_config.repo_path, source.path))
         if path.exists():

@@ -483,7 +483,7 @@ def cluster(
     gr = g.relabelled(order)
     state = start_state(gr, cfg, init_c[order], init_logit[order])
     t_iter = time.perf_counter()
-    done, last_checkpoint = 0, -math.inf
+    done, objective, last_checkpoint = 0, -math.inf, -math.inf
     for it in range(cfg.iters):
         if it and it % cfg.refresh_every == 0:
             if objective - last_checkpoint < cfg.tol:

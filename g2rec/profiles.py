@@ -7,7 +7,6 @@ slots, so every cluster id stays a valid embedding index.
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import torch

@@ -73,6 +73,17 @@ class PostgresServer:
     def dsn(self) -> str:
         return f"host=127.0.0.1 port={self.port} user={self.user} password={self.password} dbname={self.database}"
 
+    def url(self, database: str | None = None) -> str:
+        """SQLAlchemy URL (psycopg 3) of `database` (default: the g2rec database)."""
+        return (f"postgresql+psycopg://{self.user}:{self.password}@127.0.0.1:{self.port}/"
+                f"{database or self.database}")
+
+    def create_database(self, name: str) -> str:
+        """Create database `name` if it does not exist; returns its SQLAlchemy URL."""
+        if not _create_database(self.port, name):
+            raise ServerError(f"postgres on 127.0.0.1:{self.port} refused to create database {name!r}")
+        return self.url(name)
+
 
 def start(port: int | None = None, data_dir: str | os.PathLike | None = None,
           ready_timeout_s: float = 30.0) -> PostgresServer:
@@ -107,15 +118,15 @@ def start(port: int | None = None, data_dir: str | os.PathLike | None = None,
     return PostgresServer(pid=proc.pid, port=port, dir=base)
 
 
-def _create_database(port: int) -> bool:
+def _create_database(port: int, name: str = DATABASE) -> bool:
     import psycopg
 
     try:
         with psycopg.connect(host="127.0.0.1", port=port, user=USER, dbname="postgres",
                              autocommit=True, connect_timeout=2) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone()
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
             if not exists:
-                conn.execute(f'CREATE DATABASE "{DATABASE}"')
+                conn.execute(f'CREATE DATABASE "{name}"')
         return True
     except psycopg.OperationalError:
         return False

@@ -6,23 +6,30 @@ not in Kafka: on assignment the consumer seeks to the store's committed offset o
 so a restarted or rebalanced worker resumes exactly where the committed state ends. The group
 offsets are also committed to Kafka after each checkpoint, for lag monitoring only.
 
-A checkpoint first waits until every dead letter of its range is acknowledged by the broker, so an
-invalid message is never lost; a crash before the commit may dead-letter it twice (each carries
-its source topic, partition and offset in headers, which makes duplicates easy to drop).
+Dead letters go out exactly once, through an outbox: the invalid records of a range are written to
+the store in the checkpoint's transaction (streaming/store.py), and after the commit the owner of
+their partitions forwards them to the DLQ topic (partition 0, key "topic/partition/offset") and
+marks them forwarded. Before producing, it records the DLQ topic's end offset on the rows; a
+worker that finds rows with that mark (its predecessor died mid-forward) first reads the DLQ topic
+from there and only sends the ones not on it yet. A failed forward leaves the rows for the next
+checkpoint and never holds back the offsets, and no record, of any size, can stop ingestion:
+values over `dead_letter_max_bytes` are cut, their size and sha256 kept in headers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from functools import partial
+from typing import Any, Callable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from mode import Service
 
-from streaming.models import H_OFFSET, H_PARTITION, H_REASON, H_TOPIC
+from streaming.models import DeadLetter
 from streaming.processor import StreamProcessor
 from streaming.sink import make_sink
 from streaming.store import StaleOffsets, StateStore
@@ -54,7 +61,9 @@ class IngestService(Service):
         self.processor = StreamProcessor(cfg, self.store, make_sink(cfg.sink, cfg.sink_options))
         self.consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
-        self._dead_letter_futures: list[asyncio.Future] = []
+        self._outbox_due = False  # a committed checkpoint (or a failed forward) left dead letters
+        self._outbox_retry_at = 0.0
+        self._dlq_reader: AIOKafkaConsumer | None = None
         self.n_dead_letters = 0
         # Store commits run here, one at a time, overlapping the processing of the next batches.
         self._store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="g2rec-store")
@@ -84,6 +93,8 @@ class IngestService(Service):
         async with self._lock:
             await self._checkpoint(wait=True)
         await self.consumer.stop()
+        if self._dlq_reader is not None:
+            await self._dlq_reader.stop()
         self._store_thread.shutdown()
         self.store.close()
 
@@ -101,18 +112,18 @@ class IngestService(Service):
                         await self._process(tp, records)
                 if self.processor.due():
                     await self._checkpoint()
+                elif (self._inflight is not None and self._inflight.done()) or self._outbox_due:
+                    await self._settle()  # idle: finish the last commit (and forward its dead letters)
 
     async def _process(self, tp: TopicPartition, records: list[Any]) -> None:
         rejected = self.processor.process(
             tp.partition, [r.offset for r in records], [r.value for r in records],
             [r.timestamp for r in records])
-        for rej in rejected:
-            rec = records[rej.index]
-            headers = {H_REASON: rej.reason.encode(), H_TOPIC: tp.topic.encode(),
-                       H_PARTITION: str(tp.partition).encode(), H_OFFSET: str(rec.offset).encode()}
-            fut = await self.app.dead_letters.send(key=rec.key, value=rec.value if rec.value is not None else b"",
-                                                   headers=headers)
-            self._dead_letter_futures.append(fut)
+        if rejected:
+            limit = self.cfg.dead_letter_max_bytes
+            self.processor.add_dead_letters([
+                DeadLetter.of(tp.topic, tp.partition, records[r.index].offset, r.reason, records[r.index].key,
+                              records[r.index].value, limit) for r in rejected])
 
     async def _checkpoint(self, wait: bool = False) -> None:
         """Cut a checkpoint and commit it in the store thread (call with the lock held).
@@ -122,32 +133,87 @@ class IngestService(Service):
         """
         if not await self._settle():
             return
-        if self._dead_letter_futures:
-            await self.app.producer.flush()
-            await asyncio.gather(*self._dead_letter_futures)
-            self.n_dead_letters += len(self._dead_letter_futures)
-            self._dead_letter_futures = []
         prepared = self.processor.prepare_checkpoint()
         if prepared is not None:
+            self._outbox_due |= bool(prepared.ckpt.dead_letters)
             self._inflight = asyncio.get_running_loop().run_in_executor(
                 self._store_thread, self.processor.commit_prepared, prepared)
         if wait:
             await self._settle()
 
     async def _settle(self) -> bool:
-        """Wait for the in-flight commit. If it was fenced off, reload committed state and re-seek."""
-        if self._inflight is None:
-            return True
-        inflight, self._inflight = self._inflight, None
-        try:
-            await inflight
-        except StaleOffsets as e:
-            log.warning("checkpoint fenced off (%s); reloading committed state", e)
-            for p, offset in self.processor.reset().items():
-                self._seek(p, offset)
-            return False
-        await self._commit_group_offsets()
+        """Wait for the in-flight commit, then forward due dead letters. If the commit was fenced
+        off, reload committed state and re-seek."""
+        if self._inflight is not None:
+            inflight, self._inflight = self._inflight, None
+            try:
+                await inflight
+            except StaleOffsets as e:
+                log.warning("checkpoint fenced off (%s); reloading committed state", e)
+                for p, offset in self.processor.reset().items():
+                    self._seek(p, offset)
+                return False
+            await self._commit_group_offsets()
+        if self._outbox_due and time.monotonic() >= self._outbox_retry_at:
+            self._outbox_due = False
+            await self._forward_dead_letters(self.processor.owned)
         return True
+
+    async def _in_store_thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._store_thread, partial(fn, *args, **kwargs))
+
+    async def _forward_dead_letters(self, partitions: set[int]) -> None:
+        """Forward these partitions' committed, unforwarded dead letters (see the module docstring)."""
+        rows = await self._in_store_thread(self.store.outbox, self.cfg.topics.events, partitions) if partitions else []
+        if not rows:
+            return
+        try:
+            marked = [r.forwarding_from for r in rows if r.forwarding_from is not None]
+            if marked:  # a forward was cut short: skip what reached the topic
+                present = await self._dead_letter_keys(min(marked))
+                done = [r.letter for r in rows if r.letter.dlq_key in present]
+                await self._in_store_thread(self.store.mark_outbox, done, forwarded=True)
+                rows = [r for r in rows if r.letter.dlq_key not in present]
+            letters = [r.letter for r in rows]
+            if not letters:
+                return
+            await self._in_store_thread(self.store.mark_outbox, letters, forwarding_from=await self._dlq_end())
+            futures = [await self.app.dead_letters.send(key=d.dlq_key, value=d.value, headers=dict(d.headers()),
+                                                        partition=0) for d in letters]
+            await self.app.producer.flush()
+            await asyncio.gather(*futures)
+            await self._in_store_thread(self.store.mark_outbox, letters, forwarded=True)
+            self.n_dead_letters += len(letters)
+        except (KafkaError, asyncio.TimeoutError) as e:
+            # The rows stay in the outbox; the offsets they came from are committed regardless.
+            log.warning("forwarding %d dead letters failed, retrying in a second: %r", len(rows), e)
+            self._outbox_due = True
+            self._outbox_retry_at = time.monotonic() + 1.0
+
+    async def _reader(self) -> tuple[AIOKafkaConsumer, TopicPartition]:
+        tp = TopicPartition(self.cfg.topics.dead_letters, 0)
+        if self._dlq_reader is None:
+            reader = AIOKafkaConsumer(bootstrap_servers=self.cfg.bootstrap, enable_auto_commit=False,
+                                      group_id=None, auto_offset_reset="earliest")
+            await reader.start()
+            reader.assign([tp])
+            self._dlq_reader = reader
+        return self._dlq_reader, tp
+
+    async def _dlq_end(self) -> int:
+        reader, tp = await self._reader()
+        return (await reader.end_offsets([tp]))[tp]
+
+    async def _dead_letter_keys(self, start: int) -> set[bytes]:
+        """Keys of the DLQ topic's messages from offset `start` to its current end."""
+        reader, tp = await self._reader()
+        end = (await reader.end_offsets([tp]))[tp]
+        reader.seek(tp, start)
+        keys: set[bytes] = set()
+        while await reader.position(tp) < end:
+            batch = await reader.getmany(tp, timeout_ms=1000)
+            keys.update(m.key for m in batch.get(tp, []) if m.key is not None)
+        return keys
 
     async def _commit_group_offsets(self) -> None:
         offsets = {TopicPartition(self.cfg.topics.events, p): o
@@ -178,6 +244,8 @@ class IngestService(Service):
             beginnings = await consumer.beginning_offsets(tps) if tps else {}
             for tp in tps:
                 self._seek(tp.partition, self.processor.assign(tp.partition, beginnings[tp]))
+            # Dead letters a previous owner committed but did not get to forward.
+            await self._forward_dead_letters(partitions)
         log.info("assigned partitions %s at offsets %s", sorted(partitions),
                  {p: self.processor.next_offset[p] for p in sorted(partitions)})
 

@@ -93,6 +93,10 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--sink", default=None, help="History sink: none, memory, jsonl, feast, or package.module:factory.")
 @click.option("--sink-option", "sink_options", multiple=True, help="KEY=VALUE passed to the sink factory.")
 @click.option("--metrics-path", type=click.Path(dir_okay=False), default=None)
+@click.option("--event-log-dir", type=click.Path(file_okay=False), default=None,
+              help="Parquet event log folder (default DATA_DIR/eventlog; Feast reads FEATURES_ROOT/data/eventlog).")
+@click.option("--event-log-retention-days", type=float, default=None, help="Drop log days older than this.")
+@click.option("--event-log-retention-bytes", type=int, default=None, help="Drop the oldest log days beyond this size.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["crit", "error", "warn", "info", "debug"]))
 def stream(config_path: str | None, log_level: str, sink_options: tuple[str, ...], **flags) -> None:

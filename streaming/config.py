@@ -54,6 +54,12 @@ class StreamConfig:
     snapshot_interval_s:   how often the owner of partition 0 re-samples and publishes a snapshot.
     data_dir:              local state; store_url defaults to SQLite in it, snapshot_dir to data_dir/snapshots.
     max_event_bytes:       larger payloads are dead-lettered as oversized.
+    dead_letter_max_bytes: a dead letter keeps at most this many bytes of the original value (its
+                           size and sha256 travel in headers), so any message can be dead-lettered.
+    event_log:             write every committed valid event to the Parquet event log
+                           (streaming/eventlog.py) under event_log_dir (default data_dir/eventlog).
+    event_log_retention_days, event_log_retention_bytes: drop the log's oldest days beyond these
+                           (days before its newest day; total size); None = keep everything.
     sink, sink_options:    where users' updated recent histories are pushed (streaming/sink.py).
     metrics_path:          if set, per-checkpoint timings are appended there as JSON lines, and
                            METRICS_PATH.lags gets (produced_at, commit lag) float64 seconds per event.
@@ -74,6 +80,11 @@ class StreamConfig:
     snapshot_interval_s: float = 60.0
     session_timeout_s: float = 6.0
     max_event_bytes: int = 4096
+    dead_letter_max_bytes: int = 64 * 1024
+    event_log: bool = True
+    event_log_dir: str | None = None
+    event_log_retention_days: float | None = None
+    event_log_retention_bytes: int | None = None
     sink: str = "none"
     sink_options: dict[str, Any] = field(default_factory=dict)
     metrics_path: str | None = None
@@ -83,12 +94,16 @@ class StreamConfig:
             raise ConfigError("graph.r must be fixed for streaming: r = ceil(c log2 M) would change as M grows")
         if self.half_life_s is not None and not (math.isfinite(self.half_life_s) and self.half_life_s > 0):
             raise ConfigError(f"half_life_s={self.half_life_s} must be a positive number or None")
-        for name in ("max_batch", "checkpoint_events", "max_event_bytes"):
+        for name in ("max_batch", "checkpoint_events", "max_event_bytes", "dead_letter_max_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
         for name in ("checkpoint_interval_s", "snapshot_interval_s", "session_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be > 0")
+        for name in ("event_log_retention_days", "event_log_retention_bytes"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name}={value} must be positive, or None to keep everything")
 
     @property
     def r(self) -> int:
@@ -103,6 +118,10 @@ class StreamConfig:
     @property
     def snapshots(self) -> Path:
         return Path(self.snapshot_dir) if self.snapshot_dir else Path(self.data_dir) / "snapshots"
+
+    @property
+    def event_log_path(self) -> Path:
+        return Path(self.event_log_dir) if self.event_log_dir else Path(self.data_dir) / "eventlog"
 
     def fingerprint(self) -> dict[str, Any]:
         """Settings that change the counts: a store refuses a worker whose fingerprint differs."""

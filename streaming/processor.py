@@ -1,9 +1,11 @@
 """One worker's in-memory stream state between checkpoints; no Kafka here, only data in and out.
 
-The Kafka-facing service (streaming/agents.py) feeds it fetched records per partition, sends the
-rejects it returns to the dead-letter topic, and asks it to checkpoint. Everything it applied since
-the last checkpoint (count increments, per-partition event logs, offsets) is committed in one
-store transaction or not at all; see streaming/store.py for why that gives exactly-once counts.
+The Kafka-facing service (streaming/agents.py) feeds it fetched records per partition, hands the
+dead letters of the rejects it returns back (`add_dead_letters`), and asks it to checkpoint.
+Everything it applied since the last checkpoint (count increments, per-partition event logs,
+dead letters, offsets) is committed in one store transaction or not at all, after the range's
+events were written to the Parquet event log; see streaming/store.py for why that gives
+exactly-once counts, and streaming/eventlog.py for the log.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import numpy as np
 from g2rec.graph import CoCounts
 from g2rec.windows import UserWindows, sample_increments
 from streaming.config import StreamConfig
-from streaming.models import decode_values
+from streaming.eventlog import EventLogWriter, LoggedEvents
+from streaming.models import DeadLetter, decode_values
 from streaming.sink import HistorySink, NoopSink, UserHistoryUpdate
 from streaming.store import Checkpoint, StateStore
 
@@ -41,6 +44,8 @@ class _Pending:
     logs: dict[int, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
     touched: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)  # users, items, times
     lags: list[np.ndarray] = field(default_factory=list)  # produce timestamps (s) of applied records
+    events: dict[int, list[tuple[np.ndarray, ...]]] = field(default_factory=dict)  # offsets, users, items, times
+    dead_letters: list[DeadLetter] = field(default_factory=list)
     first_fetch: float | None = None
     first_fetch_cpu: float | None = None
 
@@ -55,6 +60,7 @@ class PreparedCheckpoint:
     first_fetch_cpu: float | None
     lags: list[np.ndarray]
     prepared_at: float
+    events: list[LoggedEvents] = field(default_factory=list)  # for the event log, before the commit
 
 
 class StreamProcessor:
@@ -70,6 +76,8 @@ class StreamProcessor:
         self._pending = _Pending()
         self._last_checkpoint = time.monotonic()
         self.n_checkpoints = 0
+        self.event_log = EventLogWriter(cfg.event_log_path, cfg.event_log_retention_days,
+                                        cfg.event_log_retention_bytes) if cfg.event_log else None
         store.ensure_config(cfg.fingerprint())
 
     # ownership ------------------------------------------------------------------------------
@@ -90,6 +98,8 @@ class StreamProcessor:
         table = self.store.load_windows(self.cfg.topics.events, partition, self.cfg.graph.window)
         self.windows.drop_partitions({partition})
         self.windows.load(table, partition)
+        if self.event_log is not None:  # files of attempts that never committed
+            self.event_log.drop_uncommitted(partition, nxt)
         self.next_offset[partition] = self._committed[partition] = nxt
         return nxt
 
@@ -140,7 +150,8 @@ class StreamProcessor:
             produced_ms = produced_ms[skip:] if produced_ms is not None else None
             if not offsets:
                 return []
-        cols, rejects = decode_values(values, self.cfg.max_event_bytes)
+        record_times = np.asarray(produced_ms, dtype=np.float64) / 1000.0 if produced_ms is not None else None
+        cols, rejects = decode_values(values, self.cfg.max_event_bytes, record_times)
         rejected = [Rejected(skip + i, reason) for i, reason in rejects]
         boost = None
         if self.cfg.half_life_s is not None and len(cols):
@@ -155,6 +166,9 @@ class StreamProcessor:
             boost = np.exp2(exponent)
         if len(cols):
             self._apply(partition, cols, boost)
+            if self.event_log is not None:
+                self._pending.events.setdefault(partition, []).append(
+                    (np.asarray(offsets, dtype=np.int64)[cols.index], cols.user_ids, cols.item_ids, cols.timestamps))
             if produced_ms is not None and self.cfg.metrics_path:
                 self._pending.lags.append(np.asarray(produced_ms, dtype=np.float64)[cols.index] / 1000.0)
         self.next_offset[partition] = offsets[-1] + 1
@@ -173,6 +187,10 @@ class StreamProcessor:
         pending.logs.setdefault(partition, []).append((cols.user_ids, cols.item_ids))
         if not isinstance(self.sink, NoopSink):
             pending.touched.append((cols.user_ids, cols.item_ids, cols.timestamps))
+
+    def add_dead_letters(self, letters: list[DeadLetter]) -> None:
+        """Dead letters of rejected records, committed with the next checkpoint (store outbox)."""
+        self._pending.dead_letters.extend(letters)
 
     # checkpoints ----------------------------------------------------------------------------
     @property
@@ -214,22 +232,28 @@ class StreamProcessor:
             n_increments=pending.delta.n_increments, max_time=pending.max_time,
             logs={p: (np.concatenate([u for u, _ in parts]), np.concatenate([i for _, i in parts]))
                   for p, parts in pending.logs.items()},
+            dead_letters=pending.dead_letters,
         )
+        events = [LoggedEvents(p, start, end, *(np.concatenate(c) for c in zip(*pending.events[p])))
+                  for p, (start, end) in sorted(ckpt.offsets.items()) if p in pending.events]
         updates = self._history_updates(pending.touched) if pending.touched else []
         self._committed.update({p: end for p, (_, end) in ckpt.offsets.items()})
         self._pending = _Pending()
         self._last_checkpoint = time.monotonic()
         return PreparedCheckpoint(ckpt, updates, pending.first_fetch, pending.first_fetch_cpu, pending.lags,
-                                  time.time())
+                                  time.time(), events)
 
     def commit_prepared(self, prepared: PreparedCheckpoint) -> int:
-        """Push the histories to the sink, then commit to the store; returns events committed.
+        """Push the histories to the sink, write the event log, then commit to the store; returns
+        events committed.
 
         Touches only the sink, the store and the metrics file, so it may run in a worker thread
         while the next batches are processed (one call at a time, in preparation order).
         """
         if prepared.updates:
             self.sink.write(prepared.updates)
+        if self.event_log is not None and prepared.events:
+            self.event_log.write(prepared.events)
         self.store.commit(prepared.ckpt)
         committed_at = time.time()
         self.n_checkpoints += 1

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from g2rec.errors import ConfigError, DataError, UnavailableError
 from g2rec.types import Interactions
 from streaming.models import encode_event
 
@@ -44,15 +45,15 @@ class ReplayConfig:
 
     def __post_init__(self) -> None:
         if self.rate is not None and not self.rate > 0:
-            raise ValueError(f"rate={self.rate} must be positive (or None for as fast as possible)")
+            raise ConfigError(f"rate={self.rate} must be positive (or None for as fast as possible)")
         if self.processes < 1:
-            raise ValueError(f"processes={self.processes} must be >= 1")
+            raise ConfigError(f"processes={self.processes} must be >= 1")
 
 
 def event_log(inter: Interactions) -> EventLog:
     """Flatten Interactions into replay order; raw ids must be integers (the wire carries ints)."""
     if not (np.issubdtype(inter.user_ids.dtype, np.integer) and np.issubdtype(inter.item_ids.dtype, np.integer)):
-        raise ValueError(f"{inter.name}: user and item ids must be integers to replay, got "
+        raise DataError(f"{inter.name}: user and item ids must be integers to replay, got "
                          f"{inter.user_ids.dtype} and {inter.item_ids.dtype}")
     users = np.repeat(inter.user_ids.astype(np.int64), inter.lengths())
     items = inter.item_ids.astype(np.int64)[inter.items]
@@ -105,7 +106,7 @@ def _send(cfg: ReplayConfig, log: EventLog, parts: np.ndarray, rows: np.ndarray,
         bar.close()
         producer.close()
     if failures:
-        raise RuntimeError(f"replay to {cfg.topic}: {len(failures)} sends failed, first: {failures[0]!r}")
+        raise UnavailableError(f"replay to {cfg.topic}: {len(failures)} sends failed, first: {failures[0]!r}")
     return len(rows)
 
 

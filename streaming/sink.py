@@ -17,6 +17,8 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
+from g2rec.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class UserHistoryUpdate:
@@ -89,7 +91,7 @@ SINKS: dict[str, str] = {
 def register_sink(name: str, target: str) -> None:
     """Make `name` resolve to the factory at "module:attribute"."""
     if ":" not in target:
-        raise ValueError(f"sink target {target!r} must look like 'package.module:factory'")
+        raise ConfigError(f"sink target {target!r} must look like 'package.module:factory'")
     SINKS[name] = target
 
 
@@ -97,16 +99,16 @@ def make_sink(name: str, options: dict[str, Any] | None = None) -> HistorySink:
     """Build the sink called `name` (a SINKS key or "module:factory") with these options."""
     target = SINKS.get(name, name)
     if ":" not in target:
-        raise ValueError(f"unknown sink {name!r}; known: {sorted(SINKS)} or 'package.module:factory'")
+        raise ConfigError(f"unknown sink {name!r}; known: {sorted(SINKS)} or 'package.module:factory'")
     module, attr = target.split(":", 1)
     try:
         factory: Callable[..., Any] = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:
-        raise ValueError(f"sink {name!r}: cannot load {target!r}: {e}") from e
+        raise ConfigError(f"sink {name!r}: cannot load {target!r}: {e}") from e
     try:
         sink = factory(**(options or {}))
     except TypeError as e:
-        raise ValueError(f"sink {name!r}: bad sink_options {sorted(options or {})}: {e}") from e
+        raise ConfigError(f"sink {name!r}: bad sink_options {sorted(options or {})}: {e}") from e
     if not isinstance(sink, HistorySink):
         raise TypeError(f"sink {name!r}: {target} built a {type(sink).__name__} without write(updates)")
     return sink

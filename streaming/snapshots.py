@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,20 +21,10 @@ import pyarrow.parquet as pq
 from g2rec.graph import CoCounts, resample_snapshot
 from g2rec.types import EdgeSnapshot
 from streaming.config import StreamConfig
+from streaming.models import SnapshotAnnouncement
 from streaming.store import CommittedState, StateStore
 
 PAD_ITEM = -1
-
-
-@dataclass(frozen=True)
-class SnapshotInfo:
-    snapshot_id: int
-    created_at: float
-    path: str
-    n_items: int
-    n_edges: int
-    n_events: int
-    offsets: dict[int, int]
 
 
 def dense_counts(state: CommittedState, cfg: StreamConfig) -> tuple[CoCounts, np.ndarray]:
@@ -84,7 +73,7 @@ def read_snapshot(directory: str | os.PathLike, snapshot_id: int = 0) -> EdgeSna
 
 
 def take_snapshot(store: StateStore, cfg: StreamConfig, compact: bool = True,
-                  force: bool = False) -> SnapshotInfo | None:
+                  force: bool = False) -> SnapshotAnnouncement | None:
     """Compact the store, re-sample the committed counts, write the files and the metadata row.
 
     Returns None when nothing has been committed yet, or (unless `force`) when nothing was
@@ -106,5 +95,7 @@ def take_snapshot(store: StateStore, cfg: StreamConfig, compact: bool = True,
     created_at = time.time()
     store.record_snapshot(snapshot_id, created_at, snap.n_items, snap.n_edges, state.n_events,
                           state.offsets, str(path))
-    return SnapshotInfo(snapshot_id, created_at, str(path), snap.n_items, snap.n_edges, state.n_events,
-                        state.offsets)
+    return SnapshotAnnouncement(
+        snapshot_id=snapshot_id, created_at=created_at, group_id=cfg.group_id, store_id=store.store_id,
+        path=str(path), uri=path.resolve().as_uri(), n_items=snap.n_items, n_edges=snap.n_edges,
+        n_events=state.n_events, offsets={str(p): o for p, o in sorted(state.offsets.items())})

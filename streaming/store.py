@@ -5,7 +5,9 @@ Exactly-once mechanism. Each checkpoint is ONE transaction that
      the value this worker started the range from, else another worker owns it now: rollback);
   2. appends the count increments of those events as a delta row (counts are additive, so workers
      only ever add deltas and never need the global counts in memory);
-  3. appends each partition's (user, item) event log, from which windows are rebuilt.
+  3. appends each partition's (user, item) event log, from which windows are rebuilt;
+  4. records the range's dead letters in an outbox table, forwarded to the DLQ topic after the
+     commit and marked there (streaming/agents.py), so none is lost or sent twice.
 After a crash the worker reloads the windows of its partitions, seeks the consumer to the committed
 offsets and reprocesses from there; the deltas of uncommitted events were never written, so every
 event is counted once. Kafka transactions were measured unusable here (Tansu answers
@@ -20,19 +22,22 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-from sqlalchemy import (BigInteger, Column, Float, Integer, LargeBinary, MetaData, String, Table,
-                        Text, create_engine, delete, event, insert, select, update)
+from sqlalchemy import (BigInteger, Boolean, Column, Float, Integer, LargeBinary, MetaData, String, Table,
+                        Text, create_engine, delete, event, insert, select, tuple_, update)
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 
 from g2rec.errors import ConfigError, StateError
 from g2rec.graph import CoCounts
 from g2rec.windows import WindowTable, fold_histories
+from streaming.models import DeadLetter
 
 metadata = MetaData()
 
@@ -84,6 +89,29 @@ snapshots_table = Table(
     Column("offsets", Text, nullable=False),  # JSON {partition: next_offset}
     Column("path", Text, nullable=False),
 )
+dead_letters_table = Table(
+    "stream_dead_letters", metadata,  # the outbox of dead letters (streaming.models.DeadLetter)
+    Column("topic", String(249), primary_key=True),
+    Column("partition", Integer, primary_key=True),
+    Column("offset", BigInteger, primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("key", LargeBinary, nullable=True),
+    Column("value", LargeBinary, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    # The DLQ topic's end offset when a forward of this row began; the row may be on the topic
+    # from there on (a worker killed mid-forward), so a retry first looks there.
+    Column("forwarding_from", BigInteger, nullable=True),
+    Column("forwarded", Boolean, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """A dead letter not yet known to be on the DLQ topic; forwarding_from as in the table."""
+
+    letter: DeadLetter
+    forwarding_from: int | None
 
 
 class StaleOffsets(StateError):
@@ -121,6 +149,7 @@ class Checkpoint:
     offsets: partition -> (next offset the range started from, next offset after it).
     keys, weights: coalesced count increments (keys a << 32 | b with a < b, raw item ids).
     logs: partition -> (users, items) of the applied events in arrival order.
+    dead_letters: the invalid records of these ranges.
     """
 
     topic: str
@@ -131,6 +160,7 @@ class Checkpoint:
     n_increments: int
     max_time: float
     logs: dict[int, tuple[np.ndarray, np.ndarray]]
+    dead_letters: list[DeadLetter] = field(default_factory=list)
 
 
 @dataclass
@@ -245,6 +275,48 @@ class StateStore:
                     for p, (u, i) in sorted(ckpt.logs.items()) if len(u)]
             if rows:
                 conn.execute(insert(windows_table), rows)
+            if ckpt.dead_letters:
+                conn.execute(insert(dead_letters_table), [
+                    dict(topic=d.topic, partition=d.partition, offset=d.offset, reason=d.reason, key=d.key,
+                         value=d.value, size=d.size, sha256=d.sha256, forwarding_from=None, forwarded=False)
+                    for d in ckpt.dead_letters])
+
+    def outbox(self, topic: str, partitions: set[int]) -> list[OutboxRow]:
+        """Committed dead letters of these partitions not yet marked forwarded, by (partition, offset)."""
+        t = dead_letters_table
+        with self._read() as conn:
+            rows = conn.execute(select(t).where(t.c.topic == topic, t.c.partition.in_(sorted(partitions)),
+                                                t.c.forwarded.is_(False))
+                                .order_by(t.c.partition, t.c.offset)).all()
+        return [OutboxRow(DeadLetter(r.topic, r.partition, r.offset, r.reason, r.key, r.value, r.size, r.sha256),
+                          r.forwarding_from) for r in rows]
+
+    def mark_outbox(self, letters: Sequence[DeadLetter], *, forwarding_from: int | None = None,
+                    forwarded: bool = False) -> None:
+        """Record that a forward of `letters` begins at DLQ offset `forwarding_from`, or is done."""
+        if not letters:
+            return
+        t = dead_letters_table
+        values: dict[str, Any] = {"forwarded": True} if forwarded else {"forwarding_from": forwarding_from}
+        with self._write() as conn:
+            for lo in range(0, len(letters), 500):
+                keys = [(d.topic, d.partition, d.offset) for d in letters[lo:lo + 500]]
+                conn.execute(update(t).where(tuple_(t.c.topic, t.c.partition, t.c.offset).in_(keys)).values(**values))
+
+    @property
+    def store_id(self) -> str:
+        """This store's identity, a UUID made on first use (snapshots carry it)."""
+        query = select(meta_table.c.value).where(meta_table.c.key == "store_id")
+        try:
+            with self._write() as conn:
+                found = conn.execute(query).scalar()
+                if found is None:
+                    found = str(uuid.uuid4())
+                    conn.execute(insert(meta_table).values(key="store_id", value=found))
+                return found
+        except IntegrityError:  # another worker made it at the same moment: theirs counts
+            with self._read() as conn:
+                return conn.execute(query).scalar_one()
 
     def load_windows(self, topic: str, partition: int, window: int) -> WindowTable:
         """The committed windows of one partition's users (base folded with its logs)."""
@@ -291,6 +363,7 @@ class StateStore:
     def compact(self, topic: str, window: int) -> None:
         """Fold count deltas into one base row and each partition's logs into a base window row."""
         with self._write() as conn:
+            conn.execute(delete(dead_letters_table).where(dead_letters_table.c.forwarded.is_(True)))
             rows = conn.execute(select(counts_table)).all()
             if len(rows) > 1:
                 counts = CoCounts()

@@ -16,12 +16,12 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from streaming.models import SnapshotAnnouncement
-from streaming.snapshots import SnapshotInfo, take_snapshot
+from streaming.snapshots import take_snapshot
 
 log = logging.getLogger(__name__)
 
 
-async def publish_snapshot(app: Any) -> SnapshotInfo | None:
+async def publish_snapshot(app: Any) -> SnapshotAnnouncement | None:
     """Take one snapshot from the committed state and announce it; None if nothing committed yet."""
     ingest = app.ingest
     try:
@@ -32,11 +32,8 @@ async def publish_snapshot(app: Any) -> SnapshotInfo | None:
         return None
     if info is None:
         return None
-    await app.snapshot_announcements.send(
-        key=str(info.snapshot_id).encode(),
-        value=SnapshotAnnouncement(snapshot_id=info.snapshot_id, created_at=info.created_at, path=info.path,
-                                   n_items=info.n_items, n_edges=info.n_edges, n_events=info.n_events,
-                                   offsets={str(p): o for p, o in sorted(info.offsets.items())}))
+    # Keyed by store and id: two deployments on one topic each count snapshots from 1.
+    await app.snapshot_announcements.send(key=f"{info.store_id}/{info.snapshot_id}".encode(), value=info)
     log.info("snapshot %d: %d items, %d edges, %d events", info.snapshot_id, info.n_items, info.n_edges,
              info.n_events)
     return info

@@ -1,10 +1,10 @@
-"""Fixtures for the feature store tests: real Redis and Postgres servers on free loopback ports
-(started once per session, stopped at the end) and a freshly applied store per test."""
+"""Fixtures for the feature store tests: a real Redis server on a free loopback port (started once
+per session, stopped at the end; Postgres comes from tests/conftest.py) and a freshly applied
+store per test."""
 
 from __future__ import annotations
 
 import itertools
-import shutil
 from pathlib import Path
 
 import pytest
@@ -22,18 +22,6 @@ def redis_server(tmp_path_factory):
     server = infra_redis.start(data_dir=tmp_path_factory.mktemp("redis"))
     yield server
     infra_redis.stop(server.pid)
-
-
-@pytest.fixture(scope="session")
-def postgres_server():
-    from infra import postgres as infra_postgres
-
-    # Its own temp dir, not pytest's: that one is private to us, and as root the server runs as
-    # the `postgres` user, which could not enter it.
-    server = infra_postgres.start()
-    yield server
-    infra_postgres.stop(server.pid)
-    shutil.rmtree(server.dir, ignore_errors=True)
 
 
 def make_config(backend: str, root: Path, request) -> StoreConfig:

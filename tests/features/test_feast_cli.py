@@ -18,7 +18,7 @@ from features.publish import PROFILES, publish_profiles, stand_in_profiles
 from features.store import FeatureRepo
 from infra.process import free_port
 
-VIEWS = {"item_interest_profile", "cluster_prototype", "version_pointer", "user_recent_history"}
+VIEWS = {"item_interest_profile", "cluster_prototype", "version_pointer", "user_recent_history", "user_engagement"}
 SERVICES = {"scoring", "interest_profiles", "interest_prototypes", "version_pointers"}
 
 

@@ -16,7 +16,6 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from tests.serving.conftest import N
 
 
 def test_score_writes_parquet_rows_and_lists_bad_lines_then_exits_2(run_dir, recommender, tmp_path):

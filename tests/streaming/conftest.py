@@ -15,8 +15,57 @@ import pytest
 from g2rec.data import from_events
 from g2rec.graph import CoCounts, GraphConfig, coengagement_counts
 from g2rec.types import Interactions
+from streaming.config import StreamConfig
+from streaming.models import encode_event
 
 REPO = Path(__file__).resolve().parents[2]
+N_PARTITIONS = 3  # of the processor-level tests (no broker)
+
+
+@pytest.fixture
+def cfg(tmp_path) -> StreamConfig:
+    """A worker config that checkpoints only when a test says so."""
+    return StreamConfig(data_dir=str(tmp_path), graph=GraphConfig(r=5, window=6, seed=11),
+                        checkpoint_events=10**9, checkpoint_interval_s=1e9)
+
+
+def make_events(n: int, span_s: float, seed: int, float_times: bool = False):
+    """(users, items, times, wire values, partitions) of n random events over span_s seconds."""
+    rng = np.random.default_rng(seed)
+    users = rng.integers(0, 60, n) * 3 + 1
+    items = rng.integers(0, 80, n) * 2 + 5
+    t0 = 1_600_000_000
+    times = (np.sort(rng.uniform(t0, t0 + span_s, n)).round(3) if float_times
+             else np.sort(rng.integers(t0, t0 + int(span_s), n)))
+    values = [encode_event(f"e{k}", u, i, t) for k, (u, i, t) in enumerate(zip(users.tolist(), items.tolist(),
+                                                                                 times.tolist()))]
+    return users, items, times, values, (users // 3) % N_PARTITIONS
+
+
+def owner_of_all(cfg: StreamConfig):
+    """A processor on cfg's store that owns all N_PARTITIONS partitions."""
+    from streaming.processor import StreamProcessor
+    from streaming.store import StateStore
+
+    proc = StreamProcessor(cfg, StateStore(cfg.store))
+    for p in range(N_PARTITIONS):
+        proc.assign(p, 0)
+    return proc
+
+
+def feed(proc, values, partitions, upto: dict[int, int], chunk=97):
+    """Feed each partition's records from the processor's next offset up to upto[p]."""
+    logs = {p: [values[k] for k in np.flatnonzero(partitions == p)] for p in range(N_PARTITIONS)}
+    for p in sorted(proc.owned):
+        start = proc.next_offset[p]
+        for lo in range(start, upto[p], chunk):
+            hi = min(lo + chunk, upto[p])
+            proc.process(p, list(range(lo, hi)), logs[p][lo:hi])
+
+
+def ends(partitions) -> dict[int, int]:
+    """partition -> number of events (the end offset once all are consumed)."""
+    return {p: int((partitions == p).sum()) for p in range(N_PARTITIONS)}
 
 
 @pytest.fixture(scope="package")
@@ -94,3 +143,15 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.25, worke
         time.sleep(interval)
     logs = "\n".join(w.tail() for w in workers)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{logs}")
+
+
+def assert_log_equals(table, users, items, times, partitions) -> None:
+    """The event log table (streaming.eventlog.read_events) holds exactly these events, once each."""
+    rows = np.concatenate([np.flatnonzero(partitions == p) for p in range(N_PARTITIONS)])
+    offsets = np.concatenate([np.arange((partitions == p).sum()) for p in range(N_PARTITIONS)])
+    assert table["kafka_partition"].to_numpy().tolist() == partitions[rows].tolist()
+    assert table["kafka_offset"].to_numpy().tolist() == offsets.tolist()
+    assert table["user_id"].to_numpy().tolist() == users[rows].tolist()
+    assert table["item_id"].to_numpy().tolist() == items[rows].tolist()
+    micros = table["event_timestamp"].cast("int64").to_numpy()
+    assert np.array_equal(micros, np.round(times[rows] * 1e6).astype(np.int64))

@@ -5,49 +5,21 @@ import pytest
 
 from g2rec.graph import GraphConfig, resample_snapshot
 from streaming.config import StreamConfig
-from streaming.models import encode_event
+from streaming.eventlog import read_events
+from streaming.models import DeadLetter
 from streaming.processor import StreamProcessor
 from streaming.sink import MemorySink, make_sink
 from streaming.snapshots import dense_counts, read_snapshot, take_snapshot
 from streaming.store import ConfigMismatch, StaleOffsets, StateStore
-from tests.streaming.conftest import assert_counts_equal, batch_counts
-
-N_PARTITIONS = 3
-
-
-@pytest.fixture
-def cfg(tmp_path):
-    return StreamConfig(data_dir=str(tmp_path), graph=GraphConfig(r=5, window=6, seed=11),
-                        checkpoint_events=10**9, checkpoint_interval_s=1e9)
-
+from tests.streaming.conftest import N_PARTITIONS, assert_counts_equal, batch_counts, ends as _ends, feed as _feed
+from tests.streaming.conftest import assert_log_equals, make_events
 
 @pytest.fixture
 def events():
-    rng = np.random.default_rng(0)
-    n = 3000
-    users = rng.integers(0, 60, n) * 3 + 1
-    items = rng.integers(0, 80, n) * 2 + 5
-    times = np.sort(rng.integers(1_600_000_000, 1_600_100_000, n))
-    values = [encode_event(f"e{k}", u, i, t) for k, (u, i, t) in enumerate(zip(users.tolist(), items.tolist(), times.tolist()))]
-    partitions = (users // 3) % N_PARTITIONS
-    return users, items, times, values, partitions
+    return make_events(n=3000, span_s=100_000, seed=0)
 
 
-def _feed(proc, values, partitions, upto: dict[int, int], chunk=97):
-    """Feed each partition's records from the processor's next offset up to upto[p]."""
-    logs = {p: [values[k] for k in np.flatnonzero(partitions == p)] for p in range(N_PARTITIONS)}
-    for p in sorted(proc.owned):
-        start = proc.next_offset[p]
-        for lo in range(start, upto[p], chunk):
-            hi = min(lo + chunk, upto[p])
-            proc.process(p, list(range(lo, hi)), logs[p][lo:hi])
-
-
-def _ends(partitions):
-    return {p: int((partitions == p).sum()) for p in range(N_PARTITIONS)}
-
-
-def test_resume_after_crash_counts_each_event_once(cfg, events):
+def test_resume_after_crash_counts_and_logs_each_event_once(cfg, events):
     users, items, times, values, partitions = events
     ends = _ends(partitions)
     store = StateStore(cfg.store)
@@ -56,18 +28,22 @@ def test_resume_after_crash_counts_each_event_once(cfg, events):
         first.assign(p, 0)
     _feed(first, values, partitions, {p: e // 3 for p, e in ends.items()})
     first.checkpoint()
-    _feed(first, values, partitions, {p: 2 * e // 3 for p, e in ends.items()})
-    del first  # crash: the second third was applied in memory but never committed
+    _feed(first, values, partitions, {p: 2 * e // 3 for p, e in ends.items()}, chunk=41)
+    prepared = first.prepare_checkpoint()
+    first.event_log.write(prepared.events)
+    # crash: the second third was applied and written to the event log, but never committed
 
     second = StreamProcessor(cfg, StateStore(cfg.store))
     seek = {p: second.assign(p, 0) for p in range(N_PARTITIONS)}
     assert seek == {p: e // 3 for p, e in ends.items()}
-    _feed(second, values, partitions, ends)
+    first.event_log.write(prepared.events)  # a zombie of the first still writes after the takeover
+    _feed(second, values, partitions, ends)  # other batch boundaries: overlapping log files
     second.checkpoint()
     state = store.committed(cfg.topics.events)
     assert state.n_events == len(values)
     assert state.offsets == ends
     assert_counts_equal(state.counts, batch_counts(users, items, times, cfg.graph))
+    assert_log_equals(read_events(cfg.event_log_path, committed=state.offsets), users, items, times, partitions)
 
 
 def test_records_below_the_committed_offset_are_skipped(cfg, events):
@@ -140,7 +116,8 @@ def test_snapshot_is_the_resampled_committed_counts(cfg, events):
     _feed(proc, values, partitions, _ends(partitions))
     proc.checkpoint()
     info = take_snapshot(store, cfg)
-    assert info is not None and info.n_events == len(values) and info.offsets == _ends(partitions)
+    assert info is not None and info.n_events == len(values) and info.partition_offsets() == _ends(partitions)
+    assert info.group_id == cfg.group_id and info.store_id == store.store_id and info.uri.startswith("file:///")
     snap = read_snapshot(info.path, info.snapshot_id)
     counts, item_ids = dense_counts(store.committed(cfg.topics.events), cfg)
     want = resample_snapshot(counts, item_ids, cfg.graph, len(values), info.snapshot_id)
@@ -205,3 +182,26 @@ def test_revoking_needs_a_checkpoint_and_then_forgets_the_partition(cfg, events)
     with pytest.raises(ValueError, match="not owned"):
         proc.process(1, [50], [values[0]])
     assert proc.assign(1, 0) == 50  # taking it back resumes at its committed offset
+
+
+def test_dead_letters_are_committed_with_their_offsets_and_leave_the_outbox_once_forwarded(cfg, events):
+    _, _, _, values, partitions = events
+    store = StateStore(cfg.store)
+    proc = StreamProcessor(cfg, store)
+    proc.assign(0, 0)
+    batch = [values[0], b"{not json", values[1], b"x" * 200_000]
+    rejected = proc.process(0, [0, 1, 2, 3], batch)
+    assert [r.index for r in rejected] == [1, 3]
+    letters = [DeadLetter.of(cfg.topics.events, 0, r.index, r.reason, None, batch[r.index], 1000) for r in rejected]
+    proc.add_dead_letters(letters)
+    assert store.outbox(cfg.topics.events, {0}) == []  # nothing before the commit
+    proc.checkpoint()
+    rows = store.outbox(cfg.topics.events, {0, 1})
+    assert [r.letter for r in rows] == letters and all(r.forwarding_from is None for r in rows)
+    assert rows[1].letter.truncated and rows[1].letter.size == 200_000
+    store.mark_outbox(letters[:1], forwarding_from=5)
+    assert [r.forwarding_from for r in store.outbox(cfg.topics.events, {0})] == [5, None]
+    store.mark_outbox(letters, forwarded=True)
+    assert store.outbox(cfg.topics.events, {0}) == []
+    store.compact(cfg.topics.events, cfg.graph.window)  # forwarded rows are dropped
+    assert store.offsets(cfg.topics.events) == {0: 4}
