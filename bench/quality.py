@@ -72,7 +72,7 @@ def update_json(path: Path, change) -> None:
 
 
 def quality(dataset: str, models: list[str], seeds: list[int], minutes: float | None, threads: int,
-            on_seed=lambda report: None) -> dict:
+            on_seed=None) -> dict:
     """Runs every model over `seeds`; `on_seed(partial report)` after each seed, so a long run
     leaves its finished seeds behind."""
     results, configs = {}, {}
@@ -91,7 +91,8 @@ def quality(dataset: str, models: list[str], seeds: list[int], minutes: float | 
                        f"Recall@10 {m['test']['masked']['recall@10']:.4f} ({m['train_seconds']:.0f}s)")
             results[model] = summarise(runs)
             configs[model] = cfg.to_dict()
-            on_seed(report)
+            if on_seed is not None:
+                on_seed(report)
     return report
 
 

@@ -10,25 +10,25 @@ import click
 from cli.context import DATA_ROOT_KEY, DEBUG_KEY
 from cli.errors import TranslatingGroup
 
-# name -> "module:attribute" of a click command.
+# name -> ("module:attribute" of a click command, one line of help shown without importing it).
 COMMANDS = {
-    "demo": "training.cli:demo",
-    "train": "training.cli:train",
-    "eval": "training.cli:evaluate",
-    "replay": "streaming.cli:replay",
-    "stream": "streaming.cli:stream",
-    "features": "features.cli:features",
-    "serve": "serving.cli:serve",
-    "score": "serving.cli:score",
+    "demo": ("training.cli:demo", "Run the offline pipeline end to end and show a few users' top-10."),
+    "train": ("training.cli:train", "Train a model and write a run directory."),
+    "eval": ("training.cli:evaluate", "Re-evaluate a run directory on validation and test."),
+    "replay": ("streaming.cli:replay", "Produce a dataset's events to Kafka, keyed by user."),
+    "stream": ("streaming.cli:stream", "Run the stream worker: events -> counts -> edge snapshots."),
+    "features": ("features.cli:features", "The Feast feature store: apply, publish, look up, serve."),
+    "serve": ("serving.cli:serve", "HTTP recommendations from a trained model."),
+    "score": ("serving.cli:score", "Batch scoring of users from a file to Parquet."),
 }
 
-# `g2rec bench NAME`: each benchmark module exposes a click command called `command`.
+# `g2rec bench NAME`: each benchmark module exposes a click command.
 BENCHMARKS = {
-    "quality": "bench.quality:command",
-    "ablation": "bench.quality:ablation",
-    "cluster": "bench.cluster:command",
-    "stream": "bench.stream:command",
-    "features": "bench.features:command",
+    "quality": ("bench.quality:command", "Recommendation quality, items-only vs G2Rec, several seeds."),
+    "ablation": ("bench.quality:ablation", "G2Rec variants side by side, one seed each."),
+    "cluster": ("bench.cluster:command", "Soft modularity clustering vs Leiden and Louvain."),
+    "stream": ("bench.stream:command", "Stream worker throughput, freshness and exactness."),
+    "features": ("bench.features:command", "Feature store publish and lookup speed."),
 }
 
 
@@ -38,7 +38,7 @@ def _load(target: str) -> click.Command:
 
 
 class LazyGroup(TranslatingGroup):
-    def __init__(self, *args, table: dict[str, str], **kwargs):
+    def __init__(self, *args, table: dict[str, tuple[str, str]], **kwargs):
         super().__init__(*args, **kwargs)
         self.table = table
 
@@ -46,9 +46,11 @@ class LazyGroup(TranslatingGroup):
         return sorted(set(self.table) | set(self.commands))
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        # Listing names only: importing every component just to print help would be slow.
+        # Help from the table: importing every component just to print it would be slow.
         with formatter.section("Commands"):
-            formatter.write_dl([(name, self.table.get(name, "")) for name in self.list_commands(ctx)])
+            rows = [(name, self.table[name][1] if name in self.table else self.commands[name].get_short_help_str())
+                    for name in self.list_commands(ctx)]
+            formatter.write_dl(rows)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in self.commands:
@@ -56,7 +58,7 @@ class LazyGroup(TranslatingGroup):
         if name not in self.table:
             return None
         try:
-            return _load(self.table[name])
+            return _load(self.table[name][0])
         except (ImportError, AttributeError) as e:
             raise click.ClickException(f"command {name!r} is not available: {e}") from e
 
@@ -72,7 +74,7 @@ def cli(ctx: click.Context, debug: bool, data_root: str | None) -> None:
     ctx.meta[DATA_ROOT_KEY] = data_root
 
 
-@cli.group(cls=LazyGroup, table=BENCHMARKS, name="bench")
+@cli.group(cls=LazyGroup, table=BENCHMARKS, name="bench", short_help="Run a benchmark; results go to bench/results/.")
 def bench() -> None:
     """Benchmarks; each writes bench/results/NAME*.json."""
 

@@ -91,13 +91,12 @@ def publish_profiles(repo: FeatureRepo, profiles: InterestProfiles, log: Version
     primary = clusters[:, 0]
     version = int(profiles.version)
 
-    def columns(slot: int) -> dict[str, Column]:
-        return {
-            "clusters": Column(int64_list_values(clusters)),
-            "weights": Column(float_list_values(weights)),
-            "primary_cluster": Column(int64_values(primary), [str(c) for c in primary.tolist()]),
-            "profile_version": Column(int64_values(np.array([version]))[0], str(version)),
-        }
+    columns = {
+        "clusters": Column(int64_list_values(clusters)),
+        "weights": Column(float_list_values(weights)),
+        "primary_cluster": Column(int64_values(primary), [str(c) for c in primary.tolist()]),
+        "profile_version": Column(int64_values(np.array([version]))[0], str(version)),
+    }
 
     def offline_frame(slot: int, ts: datetime) -> pd.DataFrame:
         n = len(ids)
@@ -126,19 +125,19 @@ def publish_prototypes(repo: FeatureRepo, vectors: np.ndarray, version: int, pro
     ids = np.arange(len(vectors), dtype=np.int64)
     version, profile_version = int(version), int(profile_version)
 
-    def columns(slot: int) -> dict[str, Column]:
-        return {
-            "vector": Column(float_list_values(vectors.astype(np.float32))),
-            "prototype_version": Column(int64_values(np.array([version]))[0], str(version)),
-            "profile_version": Column(int64_values(np.array([profile_version]))[0], str(profile_version)),
-        }
+    columns = {
+        "vector": Column(float_list_values(vectors.astype(np.float32))),
+        "prototype_version": Column(int64_values(np.array([version]))[0], str(version)),
+        "profile_version": Column(int64_values(np.array([profile_version]))[0], str(profile_version)),
+    }
 
     return _publish(t0, repo, log, PROTOTYPES, version, "cluster_id", ids, columns, vectors.shape[1], None,
                     profile_version=profile_version)
 
 
 def _publish(t0: float, repo: FeatureRepo, log: VersionLog | None, feature_set: str, version: int,
-             id_key: str, ids: np.ndarray, columns, width: int, offline_frame, **meta) -> PublishResult:
+             id_key: str, ids: np.ndarray, columns: dict[str, Column], width: int, offline_frame,
+             **meta) -> PublishResult:
     """Steps 1-6 of the module docstring; times count from t0, when the caller started."""
     if version < 0:
         raise PublishError(f"{feature_set} version must be >= 0, got {version}")
@@ -158,7 +157,7 @@ def _publish(t0: float, repo: FeatureRepo, log: VersionLog | None, feature_set: 
                 log.retire_previous(feature_set)
             now = datetime.now(timezone.utc)
             keys = checked_entity_keys({id_key: ids, "buffer_slot": np.full(len(ids), slot, np.int64)})
-            repo.backend.write(repo.view(feature_set), keys, columns(slot), now)
+            repo.backend.write(repo.view(feature_set), keys, columns, now)
             if offline_frame is not None:
                 repo.ensure_offline_file(repo.view(feature_set))  # `feast apply` alone does not create it
                 repo.store.write_to_offline_store(feature_set, offline_frame(slot, now))

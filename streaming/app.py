@@ -59,5 +59,5 @@ def create_app(cfg: StreamConfig) -> StreamApp:
                                            key_serializer="raw", partitions=1)
     ingest = agents.bind_ingest(app)
     app.service(ingest)
-    timers.register(app, ingest)
+    timers.register(app)
     return app

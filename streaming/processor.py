@@ -193,10 +193,6 @@ class StreamProcessor:
         self._pending.dead_letters.extend(letters)
 
     # checkpoints ----------------------------------------------------------------------------
-    @property
-    def pending_events(self) -> int:
-        return self._pending.n_events
-
     def has_pending(self) -> bool:
         return any(self.next_offset[p] != self._committed[p] for p in self.next_offset)
 

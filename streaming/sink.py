@@ -88,13 +88,6 @@ SINKS: dict[str, str] = {
 }
 
 
-def register_sink(name: str, target: str) -> None:
-    """Make `name` resolve to the factory at "module:attribute"."""
-    if ":" not in target:
-        raise ConfigError(f"sink target {target!r} must look like 'package.module:factory'")
-    SINKS[name] = target
-
-
 def make_sink(name: str, options: dict[str, Any] | None = None) -> HistorySink:
     """Build the sink called `name` (a SINKS key or "module:factory") with these options."""
     target = SINKS.get(name, name)

@@ -39,7 +39,7 @@ async def publish_snapshot(app: Any) -> SnapshotAnnouncement | None:
     return info
 
 
-def register(app: Any, ingest_cls: type) -> None:
+def register(app: Any) -> None:
     @app.timer(interval=app.cfg.snapshot_interval_s)
     async def snapshot_timer() -> None:
         ingest = getattr(app, "ingest", None)

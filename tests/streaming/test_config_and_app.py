@@ -67,4 +67,4 @@ def test_timestamps_beyond_the_decay_range_are_rejected_not_fatal(tmp_path):
     cfg, proc = _processor(tmp_path, half_life_s=1.0, time_origin=0.0)
     rejected = proc.process(0, [0, 1], [encode_event("a", 1, 2, 10.0), encode_event("b", 1, 3, 5000.0)])
     assert [(r.index, "too far from time_origin" in r.reason) for r in rejected] == [(1, True)]
-    assert proc.pending_events == 1 and proc.next_offset[0] == 2
+    assert proc.has_pending() and proc.next_offset[0] == 2  # the rejected event is consumed too

@@ -49,14 +49,23 @@ def test_a_binary_with_another_hash_is_refused(tmp_path, monkeypatch):
         kafka.tansu_binary()
 
 
-def test_replay_keys_events_by_user_and_keeps_each_users_order(kafka_broker):
+@pytest.mark.parametrize("source", ["synthetic", "ml-100k"])
+def test_replay_keys_events_by_user_and_keeps_each_users_order(kafka_broker, source):
     from kafka import KafkaConsumer
 
-    topic, n = "replay-cli", 3000
+    if source != "synthetic":
+        from g2rec.data import DatasetError, load_dataset
+
+        try:
+            load_dataset(source)
+        except DatasetError as e:
+            pytest.skip(f"public dataset not present: {e}")
+    topic, n = f"replay-{source}", 3000
     env = dict(os.environ, PYTHONPATH=str(REPO))
     out = subprocess.run(
         [sys.executable, "-c", "from cli.main import cli; cli()", "replay", "--bootstrap", kafka_broker.bootstrap,
-         "--topic", topic, "--partitions", "3", "--source", "ml-100k", "--limit", str(n), "--no-progress"],
+         "--topic", topic, "--partitions", "3", "--source", source, "--events", str(2 * n), "--limit", str(n),
+         "--no-progress"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert f"replayed {n} events" in out.stdout
