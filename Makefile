@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 system-deps:
-	bash infra/system-deps.sh redis-server postgresql
+	bash infra/system-deps.sh redis-server postgresql chromium
 
 demo: $(STAMP)
 	.venv/bin/g2rec demo

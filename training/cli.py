@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from cli.context import data_root
+from demo.report import report_from_run, write_report
 from g2rec.config import override
 from g2rec.errors import ConfigError
 from g2rec.metrics import METRIC_NAMES
@@ -73,7 +74,8 @@ def train(dataset, dataset_path, fmt, model, out, config, epochs, seed, minutes)
     cfg = _config(dataset, dataset_path, fmt, model, config, epochs, seed, minutes)
     res = run(cfg, Path(out))
     click.echo(metrics_table({f"{model} (test)": res.metrics["test"]}))
-    click.echo(f"best epoch {res.metrics['best_epoch']}, {res.metrics['train_seconds']:.0f}s training -> {out}")
+    report = write_report(report_from_run(Path(out)), Path(out) / "report.html")
+    click.echo(f"best epoch {res.metrics['best_epoch']}, {res.metrics['train_seconds']:.0f}s training -> {out} (report: {report})")
 
 
 @click.command("eval")
