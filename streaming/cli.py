@@ -10,7 +10,10 @@ from typing import Any
 
 import click
 
+from streaming.config import StreamConfig
+
 DEFAULT_BOOTSTRAP = os.environ.get("G2REC_KAFKA", "127.0.0.1:9092")
+_D = StreamConfig()  # the defaults the help shows
 
 
 def _synthetic(events: int, seed: int):
@@ -77,22 +80,31 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True), default=None,
               help="JSON StreamConfig (nested 'topics' and 'graph'); flags below override it.")
 @click.option("--bootstrap", default=None, help=f"Kafka bootstrap (default {DEFAULT_BOOTSTRAP}; $G2REC_KAFKA).")
-@click.option("--topic", default=None, help="Events topic.")
-@click.option("--partitions", type=int, default=None, help="Events topic partitions (when creating it).")
-@click.option("--group-id", default=None)
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Local state directory.")
+@click.option("--topic", default=None, help=f"Events topic [default: {_D.topics.events}].")
+@click.option("--partitions", type=int, default=None,
+              help=f"Events topic partitions, when creating it; final [default: {_D.topics.partitions}].")
+@click.option("--group-id", default=None, help=f"Kafka consumer group of the workers [default: {_D.group_id}].")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help=f"Local state: SQLite store, snapshots, event log [default: {_D.data_dir}].")
 @click.option("--store-url", default=None, help="SQLAlchemy URL of the state store (default SQLite in data dir).")
-@click.option("--r", "r", type=int, default=None, help="Partners per event (fixed).")
-@click.option("--window", type=int, default=None, help="Recent items per user to sample partners from.")
-@click.option("--seed", type=int, default=None)
-@click.option("--half-life", "half_life_s", type=float, default=None, help="Count decay half-life, seconds of event time.")
-@click.option("--checkpoint-interval", "checkpoint_interval_s", type=float, default=None)
-@click.option("--snapshot-interval", "snapshot_interval_s", type=float, default=None)
-@click.option("--session-timeout", "session_timeout_s", type=float, default=None)
-@click.option("--max-batch", type=int, default=None)
-@click.option("--sink", default=None, help="History sink: none, memory, jsonl, feast, or package.module:factory.")
+@click.option("--r", "r", type=int, default=None, help=f"Co-engagement partners sampled per event [default: {_D.graph.r}].")
+@click.option("--window", type=int, default=None,
+              help=f"Recent items per user to sample partners from [default: {_D.graph.window}].")
+@click.option("--seed", type=int, default=None, help=f"Seed of the partner sampler [default: {_D.graph.seed}].")
+@click.option("--half-life", "half_life_s", type=float, default=None,
+              help="Count decay half-life in seconds of event time [default: no decay].")
+@click.option("--checkpoint-interval", "checkpoint_interval_s", type=float, default=None,
+              help=f"Longest seconds processed events wait to be committed [default: {_D.checkpoint_interval_s}].")
+@click.option("--snapshot-interval", "snapshot_interval_s", type=float, default=None,
+              help=f"Seconds between edge snapshots [default: {_D.snapshot_interval_s}].")
+@click.option("--session-timeout", "session_timeout_s", type=float, default=None,
+              help=f"Kafka group session timeout, seconds [default: {_D.session_timeout_s}].")
+@click.option("--max-batch", type=int, default=None, help=f"Records fetched and processed together [default: {_D.max_batch}].")
+@click.option("--sink", default=None,
+              help=f"Recent-history sink: none, memory, jsonl, feast, or package.module:factory [default: {_D.sink}].")
 @click.option("--sink-option", "sink_options", multiple=True, help="KEY=VALUE passed to the sink factory.")
-@click.option("--metrics-path", type=click.Path(dir_okay=False), default=None)
+@click.option("--metrics-path", type=click.Path(dir_okay=False), default=None,
+              help="Append per-checkpoint timings here as JSON lines [default: none].")
 @click.option("--event-log-dir", type=click.Path(file_okay=False), default=None,
               help="Parquet event log folder (default DATA_DIR/eventlog; Feast reads FEATURES_ROOT/data/eventlog).")
 @click.option("--event-log-retention-days", type=float, default=None, help="Drop log days older than this.")
