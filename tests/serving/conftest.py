@@ -41,7 +41,8 @@ def run_dir(tmp_path_factory):
 def str_run_dir(run_dir, tmp_path_factory):
     """The same model over string item ids "i1" .. "i60"."""
     out = tmp_path_factory.mktemp("strrun")
-    for name in ("model.onnx", "model_config.json", "item_counts.npy", "config.json", "model.pt"):
+    for name in ("model.onnx", "model.topk.onnx", "serving.json", "model_config.json", "item_counts.npy", "config.json",
+                 "model.pt"):
         shutil.copy(run_dir / name, out / name)
     np.save(out / "item_ids.npy", np.array([""] + [f"i{i}" for i in range(1, N + 1)], dtype=object), allow_pickle=True)
     return out
