@@ -42,7 +42,8 @@ class RunConfig:
 @dataclass(frozen=True)
 class ModelVersion:
     """One servable model: what a ModelSource hands to serving. `version` (the first 12 hex digits
-    of the dense graph's sha256) and `profile_version` are what every response names."""
+    of model.pt's sha256: the trained weights, the same however often they are exported) and
+    `profile_version` are what every response names."""
 
     run_dir: Path
     onnx_path: Path  # dense graph
@@ -57,7 +58,7 @@ class ModelVersion:
 
     @property
     def version(self) -> str:
-        return self.onnx_sha256[:12]
+        return self.model_sha256[:12]
 
 
 def sha256(path: Path) -> str:

@@ -13,8 +13,8 @@ from training.pipeline import DataSource, PipelineConfig, save_run
 N, K, MAX_LEN = 60, 5, 12
 
 
-def tiny_model(mode: str) -> G2RecModel:
-    torch.manual_seed(0)
+def tiny_model(mode: str, seed: int = 0) -> G2RecModel:
+    torch.manual_seed(seed)
     m = G2RecModel(ModelConfig(n_items=N, max_len=MAX_LEN, d_model=16, n_layers=1, mode=mode,
                                n_clusters=K if mode == "g2rec" else 0, rho=2 if mode == "g2rec" else 1, top_b=3))
     if mode == "g2rec":
@@ -34,6 +34,16 @@ def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     save_run(out, PipelineConfig(data=DataSource("synth")), tiny_model("items"), None, {}, np.arange(N + 1) * 10, COUNTS)
     open_run(RunConfig(out))  # exports model.onnx once
+    return out
+
+
+@pytest.fixture(scope="session")
+def other_run_dir(tmp_path_factory):
+    """Another model (seed 1) over the same catalogue: what a retrain or a promotion swaps in."""
+    out = tmp_path_factory.mktemp("run2")
+    save_run(out, PipelineConfig(data=DataSource("synth")), tiny_model("items", seed=1), None, {}, np.arange(N + 1) * 10,
+             COUNTS)
+    open_run(RunConfig(out))
     return out
 
 
