@@ -12,7 +12,7 @@ import click
 
 from g2rec.errors import DataError, UnavailableError
 from serving.batch import FORMATS, BatchConfig, score_lines
-from serving.run_dir import RunConfig, open_run
+from serving.run_dir import RunConfig, open_run, prepare_run
 
 PROVIDER = click.Choice(["cpu", "cuda", "auto"])
 TOKEN_ENV = "G2REC_SERVE_TOKEN"
@@ -22,7 +22,15 @@ TOKEN_ENV = "G2REC_SERVE_TOKEN"
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--input", "input_path", type=click.Path(dir_okay=False, allow_dash=True), default="-",
               show_default=True, help='JSON lines: {"user": ..., "history": [item ids], "exclude": [...]}')
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="recommendations file")
+@click.option("--all", "event_log", type=click.Path(exists=True, path_type=Path), default=None,
+              help="instead of --input: every user of this event log (Parquet or CSV file or directory with "
+                   "user, item, timestamp); --out is then a directory of part-*.parquet files")
+@click.option("--events-format", type=click.Choice(["parquet", "csv"]), default="parquet", show_default=True)
+@click.option("--since", type=int, default=None, help="--all: events with timestamp >= SINCE")
+@click.option("--until", type=int, default=None, help="--all: events with timestamp < UNTIL")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="--all: processes scoring hash partitions of the users side by side")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="recommendations file (directory with --all)")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="parquet", show_default=True)
 @click.option("--errors", "errors_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="bad input lines as JSON lines {line, reason}  [default: OUT.errors.jsonl]")
@@ -30,12 +38,26 @@ TOKEN_ENV = "G2REC_SERVE_TOKEN"
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True)
 @click.option("--provider", type=PROVIDER, default="cpu", show_default=True)
-def score(run_dir, input_path, out, fmt, errors_path, top_k, batch_size, threads, provider):
-    """Batch scoring: users from a JSON-lines file to ranked rows (user, rank, item, score, ...,
-    model_version), by the serving rule. Bad lines go to the errors file and the run carries on;
-    the exit status is then 2."""
+def score(run_dir, input_path, event_log, events_format, since, until, workers, out, fmt, errors_path, top_k,
+          batch_size, threads, provider):
+    """Batch scoring: users from a JSON-lines file (or every user of an event log, --all) to ranked
+    rows (user, rank, item, score, ..., model_version), by the serving rule. Bad lines go to the
+    errors file and the run carries on; the exit status is then 2."""
     from tqdm import tqdm
 
+    if event_log is not None:
+        from serving.event_log import EventLogConfig, score_event_log
+
+        log_cfg = EventLogConfig(event_log, events_format, since, until, workers=workers)
+        bars = {"events": tqdm(unit=" events", desc="partition", disable=None),
+                "users": tqdm(unit=" users", desc="score", disable=None)}
+        prepare_run(run_dir)  # export once here, not in every worker
+        with bars["events"], bars["users"]:
+            summary = score_event_log(RunConfig(run_dir, threads, provider), log_cfg, out,
+                                      BatchConfig(top_k, batch_size, "parquet"), lambda phase, n: bars[phase].update(n))
+        click.echo(f"{summary.users} users -> {summary.rows} rows in {out}/part-*.parquet ({summary.fallbacks} by "
+                   f"popularity, {summary.unknown_items} unknown items ignored)", err=True)
+        return
     rec = open_run(RunConfig(run_dir, threads, provider))
     errors_path = errors_path or out.with_name(out.name + ".errors.jsonl")
     source = click.open_file(input_path, "r")
