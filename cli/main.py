@@ -29,6 +29,7 @@ BENCHMARKS = {
     "cluster": "bench.cluster:command",
     "stream": "bench.stream:command",
     "features": "bench.features:command",
+    "serve": "bench.serve:command",
 }
 
 
