@@ -29,6 +29,7 @@ BENCHMARKS = {
     "cluster": ("bench.cluster:command", "Soft modularity clustering vs Leiden and Louvain."),
     "stream": ("bench.stream:command", "Stream worker throughput, freshness and exactness."),
     "features": ("bench.features:command", "Feature store publish and lookup speed."),
+    "serve": ("bench.serve:command", "Scoring, HTTP latency under load, hot swaps, batch scoring."),
 }
 
 

@@ -88,22 +88,39 @@ class Sink:
         self.writer.close()
 
 
-def score_lines(rec: Recommender, lines: Iterable[str], out: Path, errors: IO[str], cfg: BatchConfig) -> Summary:
-    """Scores every good line of `lines` into `out`; bad lines go to `errors`."""
-    Line = line_model(rec.item_type)
-    kind = pa.int64() if rec.item_type is int else pa.string()
-    schema = pa.schema([("user", pa.string()), ("rank", pa.int32()), ("item", kind), ("score", pa.float32()),
-                        ("used_items", pa.int32()), ("unknown_items", pa.int32()), ("fallback", pa.bool_()),
-                        ("model_version", pa.string())])
-    sink = Sink(out, cfg.fmt)
-    totals = dict(users=0, rows=0, fallbacks=0, unknown_items=0, bad_lines=0)
+SCHEMA_FIELDS = [("user", pa.string()), ("rank", pa.int32()), ("score", pa.float32()), ("used_items", pa.int32()),
+                 ("unknown_items", pa.int32()), ("fallback", pa.bool_()), ("model_version", pa.string())]
 
-    def flush(batch: list) -> None:
-        ranked = rec.recommend([b.history for b in batch], cfg.k, [b.exclude for b in batch])
-        cols = {name: [] for name in schema.names}
-        for b, r in zip(batch, ranked):
+
+def row_schema(rec: Recommender) -> pa.Schema:
+    fields = list(SCHEMA_FIELDS)
+    fields.insert(2, ("item", pa.int64() if rec.item_type is int else pa.string()))
+    return pa.schema(fields)
+
+
+class RowWriter:
+    """Users in, ranked rows out to a Sink in batches of cfg.batch_size users; keeps the totals."""
+
+    def __init__(self, rec: Recommender, out: Path, cfg: BatchConfig):
+        self.rec, self.cfg, self.schema = rec, cfg, row_schema(rec)
+        self.sink = Sink(out, cfg.fmt)
+        self.totals = dict(users=0, rows=0, fallbacks=0, unknown_items=0, bad_lines=0)
+        self.batch: list = []  # (user, history, exclude)
+
+    def add(self, user, history, exclude=()) -> None:
+        self.batch.append((user, history, exclude))
+        if len(self.batch) == self.cfg.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.batch:
+            return
+        batch, self.batch, rec, totals = self.batch, [], self.rec, self.totals
+        ranked = rec.recommend([b[1] for b in batch], self.cfg.k, [b[2] for b in batch])
+        cols = {name: [] for name in self.schema.names}
+        for (user, _, _), r in zip(batch, ranked):
             n = len(r.items)
-            cols["user"] += [str(b.user)] * n
+            cols["user"] += [str(user)] * n
             cols["rank"] += range(1, n + 1)
             cols["item"] += r.items
             cols["score"] += r.scores
@@ -115,24 +132,31 @@ def score_lines(rec: Recommender, lines: Iterable[str], out: Path, errors: IO[st
         cols["model_version"] = [rec.version] * len(cols["user"])
         totals["users"] += len(batch)
         totals["rows"] += len(cols["user"])
-        sink.write(pa.table(cols, schema=schema))
+        self.sink.write(pa.table(cols, schema=self.schema))
 
-    batch: list = []
+    def close(self) -> Summary:
+        try:
+            self.flush()
+        finally:
+            self.sink.close(self.schema)
+        return Summary(**self.totals)
+
+
+def score_lines(rec: Recommender, lines: Iterable[str], out: Path, errors: IO[str], cfg: BatchConfig) -> Summary:
+    """Scores every good line of `lines` into `out`; bad lines go to `errors`."""
+    Line = line_model(rec.item_type)
+    writer = RowWriter(rec, out, cfg)
     try:
         for lineno, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
-                batch.append(Line.model_validate_json(line))
+                b = Line.model_validate_json(line)
             except ValidationError as e:
-                totals["bad_lines"] += 1
+                writer.totals["bad_lines"] += 1
                 errors.write(json.dumps({"line": lineno, "reason": reason(e)}) + "\n")
                 continue
-            if len(batch) == cfg.batch_size:
-                flush(batch)
-                batch = []
-        if batch:
-            flush(batch)
+            writer.add(b.user, b.history, b.exclude)
     finally:
-        sink.close(schema)
-    return Summary(**totals)
+        summary = writer.close()
+    return summary

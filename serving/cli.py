@@ -12,7 +12,7 @@ import click
 
 from g2rec.errors import DataError, UnavailableError
 from serving.batch import FORMATS, BatchConfig, score_lines
-from serving.run_dir import RunConfig, open_run
+from serving.run_dir import RunConfig, open_run, prepare_run
 
 PROVIDER = click.Choice(["cpu", "cuda", "auto"])
 TOKEN_ENV = "G2REC_SERVE_TOKEN"
@@ -22,7 +22,15 @@ TOKEN_ENV = "G2REC_SERVE_TOKEN"
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--input", "input_path", type=click.Path(dir_okay=False, allow_dash=True), default="-",
               show_default=True, help='JSON lines: {"user": ..., "history": [item ids], "exclude": [...]}')
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="recommendations file")
+@click.option("--all", "event_log", type=click.Path(exists=True, path_type=Path), default=None,
+              help="instead of --input: every user of this event log (Parquet or CSV file or directory with "
+                   "user, item, timestamp); --out is then a directory of part-*.parquet files")
+@click.option("--events-format", type=click.Choice(["parquet", "csv"]), default="parquet", show_default=True)
+@click.option("--since", type=int, default=None, help="--all: events with timestamp >= SINCE")
+@click.option("--until", type=int, default=None, help="--all: events with timestamp < UNTIL")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="--all: processes scoring hash partitions of the users side by side")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="recommendations file (directory with --all)")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="parquet", show_default=True)
 @click.option("--errors", "errors_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="bad input lines as JSON lines {line, reason}  [default: OUT.errors.jsonl]")
@@ -30,12 +38,26 @@ TOKEN_ENV = "G2REC_SERVE_TOKEN"
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True)
 @click.option("--provider", type=PROVIDER, default="cpu", show_default=True)
-def score(run_dir, input_path, out, fmt, errors_path, top_k, batch_size, threads, provider):
-    """Batch scoring: users from a JSON-lines file to ranked rows (user, rank, item, score, ...,
-    model_version), by the serving rule. Bad lines go to the errors file and the run carries on;
-    the exit status is then 2."""
+def score(run_dir, input_path, event_log, events_format, since, until, workers, out, fmt, errors_path, top_k,
+          batch_size, threads, provider):
+    """Batch scoring: users from a JSON-lines file (or every user of an event log, --all) to ranked
+    rows (user, rank, item, score, ..., model_version), by the serving rule. Bad lines go to the
+    errors file and the run carries on; the exit status is then 2."""
     from tqdm import tqdm
 
+    if event_log is not None:
+        from serving.event_log import EventLogConfig, score_event_log
+
+        log_cfg = EventLogConfig(event_log, events_format, since, until, workers=workers)
+        bars = {"events": tqdm(unit=" events", desc="partition", disable=None),
+                "users": tqdm(unit=" users", desc="score", disable=None)}
+        prepare_run(run_dir)  # export once here, not in every worker
+        with bars["events"], bars["users"]:
+            summary = score_event_log(RunConfig(run_dir, threads, provider), log_cfg, out,
+                                      BatchConfig(top_k, batch_size, "parquet"), lambda phase, n: bars[phase].update(n))
+        click.echo(f"{summary.users} users -> {summary.rows} rows in {out}/part-*.parquet ({summary.fallbacks} by "
+                   f"popularity, {summary.unknown_items} unknown items ignored)", err=True)
+        return
     rec = open_run(RunConfig(run_dir, threads, provider))
     errors_path = errors_path or out.with_name(out.name + ".errors.jsonl")
     source = click.open_file(input_path, "r")
@@ -55,7 +77,13 @@ def score(run_dir, input_path, out, fmt, errors_path, top_k, batch_size, threads
 
 
 @click.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=False)
+@click.option("--watch", "watch_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="serve the run directory that WATCH/current names (a symlink, or a file holding its path), "
+                   "swapping when it changes")
+@click.option("--poll-seconds", type=float, default=2.0, show_default=True,
+              help="how often the model source is checked for a new version (retrained model.pt, new "
+                   "pointer); 0: never")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8600, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True)
@@ -67,23 +95,36 @@ def score(run_dir, input_path, out, fmt, errors_path, top_k, batch_size, threads
 @click.option("--max-body-bytes", type=click.IntRange(min=1024), default=1 << 20, show_default=True)
 @click.option("--body-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
               help="seconds a request body may take to arrive")
-def serve(run_dir, host, port, threads, provider, features, max_batch, max_body_bytes, body_timeout):
+def serve(run_dir, watch_dir, poll_seconds, host, port, threads, provider, features, max_batch, max_body_bytes,
+          body_timeout):
     """HTTP recommendations: POST /recommend {"history": [item ids]} or {"user_id": 7}, "k": 10;
-    POST /recommend/batch; OpenAPI at /docs. Set G2REC_SERVE_TOKEN to require a bearer token."""
+    POST /recommend/batch; OpenAPI at /docs. Serves RUN_DIR, or the run WATCH/current names; either
+    is polled and a new model swapped in without dropping a request. Set G2REC_SERVE_TOKEN to
+    require a bearer token."""
     import uvicorn
 
+    from serving.handle import ModelHandle, Watcher, WatchConfig, warm
     from serving.http import HttpConfig, feature_store_histories, make_app
+    from serving.run_dir import open_version
     from serving.schemas import Limits
+    from serving.source import PointerSource, RunDirSource
 
+    if (run_dir is None) == (watch_dir is None):
+        raise click.UsageError("give a RUN_DIR or --watch DIR (not both)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    rec = open_run(RunConfig(run_dir, threads, provider))
+    source = RunDirSource(run_dir) if run_dir is not None else PointerSource(watch_dir)
+    served = source.current()
+    rec = open_version(served, threads, provider)
+    warm(rec)
+    handle = ModelHandle(rec)
+    watcher = Watcher(source, handle, served, WatchConfig(poll_seconds, threads, provider))
     histories = None
     if features:
         from features.config import StoreConfig
 
         histories = feature_store_histories(StoreConfig.from_env())
     config = HttpConfig(Limits(max_batch=max_batch), max_body_bytes, body_timeout, os.environ.get(TOKEN_ENV) or None)
-    app = make_app(rec, histories, config)
+    app = make_app(handle, histories, config)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -92,7 +133,12 @@ def serve(run_dir, host, port, threads, provider, features, max_batch, max_body_
         raise UnavailableError(f"{host}:{port}: cannot listen ({e.strerror})", fix="pick another port") from e
     bound = sock.getsockname()[1]
     logging.getLogger("g2rec.serving").info(
-        "listening on http://%s:%d (model %s, %d items, providers %s, auth %s)", host, bound, rec.version,
-        rec.n_items, ",".join(rec.scorer.providers), "bearer token" if config.token else "off")
+        "listening on http://%s:%d (model %s from %s, %d items, providers %s, auth %s, polling every %gs)", host,
+        bound, rec.version, served.run_dir, rec.n_items, ",".join(rec.scorer.providers),
+        "bearer token" if config.token else "off", poll_seconds)
     server = uvicorn.Server(uvicorn.Config(app, log_level="info", access_log=True, timeout_keep_alive=5))
-    server.run(sockets=[sock])
+    watcher.start()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        watcher.stop()

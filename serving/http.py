@@ -23,6 +23,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from g2rec.errors import UnavailableError
+from serving.handle import ModelHandle
 from serving.metrics import Metrics
 from serving.middleware import BodyLimit, RequestMetrics
 from serving.recommender import Recommender
@@ -61,11 +62,16 @@ def problem(status: int, message: str, headers: dict | None = None) -> JSONRespo
     return JSONResponse({"message": message, "detail": message}, status_code=status, headers=headers)
 
 
-def make_app(recommender: Recommender, user_history: HistorySource | None = None,
+def make_app(model: ModelHandle | Recommender, user_history: HistorySource | None = None,
              config: HttpConfig = HttpConfig()) -> FastAPI:
-    RecommendRequest, BatchRequest = request_models(recommender.item_type, config.limits)
-    metrics = Metrics(recommender.version, recommender.n_items)
-    app = FastAPI(title="g2rec serving", version=recommender.version,
+    """The app over `model`: a fixed Recommender, or a ModelHandle that may swap while serving
+    (each request answers from the model it read first, and names its versions)."""
+    handle = model if isinstance(model, ModelHandle) else ModelHandle(model)
+    first = handle.get()
+    RecommendRequest, BatchRequest = request_models(first.item_type, config.limits)
+    metrics = Metrics(first)
+    handle.on_swap(metrics.set_model)
+    app = FastAPI(title="g2rec serving", version=first.version,
                   responses={422: {"model": Problem}, 413: {"model": Problem}, 408: {"model": Problem}})
 
     @app.exception_handler(RequestValidationError)
@@ -103,12 +109,13 @@ def make_app(recommender: Recommender, user_history: HistorySource | None = None
             out.append([] if found is None else found.tolist())
         return out
 
-    def answer(queries, k: int) -> list[Recommendation]:
+    def answer(recommender: Recommender, queries, k: int) -> list[Recommendation]:
         ranked = recommender.recommend(histories_of(queries), k, [q.exclude for q in queries])
         metrics.fallbacks.inc(sum(r.fallback for r in ranked))
         metrics.unknown_items.inc(sum(r.unknown_items for r in ranked))
         return [Recommendation(user_id=q.user_id, items=r.items, scores=r.scores, used_items=r.used_items,
-                               unknown_items=r.unknown_items, fallback=r.fallback, model_version=recommender.version)
+                               unknown_items=r.unknown_items, fallback=r.fallback, model_version=recommender.version,
+                               profile_version=recommender.profile_version)
                 for q, r in zip(queries, ranked)]
 
     @app.get("/health")
@@ -117,8 +124,10 @@ def make_app(recommender: Recommender, user_history: HistorySource | None = None
 
     @app.get("/ready")
     def ready() -> dict:
+        recommender = handle.get()
         recommender.scorer.scores([np.array([1])])  # the session answers
-        return {"status": "ready", "model_version": recommender.version, "items": recommender.n_items,
+        return {"status": "ready", "model_version": recommender.version,
+                "profile_version": recommender.profile_version, "items": recommender.n_items,
                 "max_len": recommender.max_len, "feature_store": user_history is not None}
 
     @app.get("/metrics")
@@ -127,11 +136,13 @@ def make_app(recommender: Recommender, user_history: HistorySource | None = None
 
     @app.post("/recommend", response_model=Recommendation, dependencies=[Depends(authorized)])
     def recommend(req: RecommendRequest) -> Recommendation:
-        return answer([req], req.k)[0]
+        return answer(handle.get(), [req], req.k)[0]
 
     @app.post("/recommend/batch", response_model=BatchResponse, dependencies=[Depends(authorized)])
     def recommend_batch(req: BatchRequest) -> BatchResponse:
-        return BatchResponse(model_version=recommender.version, results=answer(req.users, req.k))
+        recommender = handle.get()
+        return BatchResponse(model_version=recommender.version, profile_version=recommender.profile_version,
+                             results=answer(recommender, req.users, req.k))
 
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, timeout_s=config.body_timeout_s)
     app.add_middleware(RequestMetrics, metrics=metrics,

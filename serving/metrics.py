@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, Info, gener
 
 
 class Metrics:
-    def __init__(self, model_version: str, n_items: int):
+    def __init__(self, recommender):
         self.registry = CollectorRegistry()
         self.requests = Counter("g2rec_requests", "HTTP requests by endpoint and status",
                                 ["endpoint", "status"], registry=self.registry)
@@ -17,8 +17,14 @@ class Metrics:
         self.fallbacks = Counter("g2rec_fallbacks", "users answered by the popularity fallback", registry=self.registry)
         self.unknown_items = Counter("g2rec_unknown_items", "history items not in the catalogue, ignored",
                                      registry=self.registry)
-        Info("g2rec_model", "the model being served", registry=self.registry).info(
-            {"version": model_version, "items": str(n_items)})
+        self.swaps = Counter("g2rec_model_swaps", "models swapped in while serving", registry=self.registry)
+        self.model = Info("g2rec_model", "the model being served", registry=self.registry)
+        self.model.info({"version": recommender.version, "items": str(recommender.n_items)})
+
+    def set_model(self, recommender) -> None:
+        """After a swap: the new model's info (`recommender` is a serving.recommender.Recommender)."""
+        self.swaps.inc()
+        self.model.info({"version": recommender.version, "items": str(recommender.n_items)})
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, str(status)).inc()

@@ -55,7 +55,11 @@ def popularity_scores(counts: np.ndarray) -> np.ndarray:
 
 
 class Recommender:
-    def __init__(self, scorer: OnnxScorer, item_ids: np.ndarray, item_counts: np.ndarray):
+    """One model version's answers. `recommend` is the fast path (the top-k graph, a popularity
+    order walked per fallback user); `recommend_reference` the dense one; a test holds them equal."""
+
+    def __init__(self, scorer: OnnxScorer, item_ids: np.ndarray, item_counts: np.ndarray,
+                 profile_version: str | None = None):
         if len(item_counts) != len(item_ids):
             raise DataError(f"{len(item_counts) - 1} item counts for a catalogue of {len(item_ids) - 1} items")
         self.scorer = scorer
@@ -63,7 +67,9 @@ class Recommender:
         self.item_type: type = int if item_ids.dtype.kind in "iu" else str
         self.index = {v: i for i, v in enumerate(item_ids.tolist()) if i > 0}
         self.popularity = popularity_scores(item_counts)
+        self.by_popularity = np.argsort(-self.popularity[1:], kind="stable") + 1  # dense ids, most popular first
         self.version = scorer.version
+        self.profile_version = profile_version
         self.max_len = scorer.cfg.max_len
 
     @property
@@ -80,6 +86,32 @@ class Recommender:
                   excludes: Sequence[Sequence[ItemId]] | None = None) -> list[Ranked]:
         """Per user a history of original ids (oldest first; may be empty) -> Ranked, by the
         module's rule."""
+        if k < 1:
+            raise ValueError(f"k={k} must be >= 1")
+        known = [self.dense(h) for h in histories]
+        drop = [np.concatenate([kn, self.dense(ex)]) for kn, ex in zip(known, excludes)] if excludes else known
+        scored = [b for b, kn in enumerate(known) if len(kn)]
+        model = dict(zip(scored, self.scorer.recommend([known[b] for b in scored], k, [drop[b] for b in scored]))) \
+            if scored else {}
+        out = []
+        for b, (kn, h) in enumerate(zip(known, histories)):
+            if b in model:
+                items, vals = model[b].items, model[b].scores
+            else:
+                items = self.popular(k, drop[b])
+                vals = self.popularity[items]
+            out.append(Ranked(self.item_ids[items].tolist(), vals.astype(float).tolist(), min(len(kn), self.max_len),
+                              len(h) - len(kn), not len(kn)))
+        return out
+
+    def popular(self, k: int, drop: np.ndarray) -> np.ndarray:
+        """The k most popular dense ids not in `drop`, in O(k + len(drop))."""
+        head = self.by_popularity[:k + len(drop)]
+        return head[~np.isin(head, drop)][:k]
+
+    def recommend_reference(self, histories: Sequence[Sequence[ItemId]], k: int,
+                            excludes: Sequence[Sequence[ItemId]] | None = None) -> list[Ranked]:
+        """recommend, by dense (B, N+1) scores and g2rec.ranking in numpy."""
         known = [self.dense(h) for h in histories]
         drop = [np.concatenate([kn, self.dense(ex)]) for kn, ex in zip(known, excludes)] if excludes else known
         scored = [b for b, kn in enumerate(known) if len(kn)]

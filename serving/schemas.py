@@ -64,11 +64,13 @@ class Recommendation(BaseModel):
     used_items: int = Field(description="history items the model scored (the most recent max_len known ones)")
     unknown_items: int = Field(description="history items not in the catalogue, ignored")
     fallback: bool = Field(description="no known history item: ranked by training popularity")
-    model_version: str
+    model_version: str = Field(description="the model that answered: the first 12 hex digits of its ONNX sha256")
+    profile_version: str | None = Field(description="the interest profiles inside that model (None: items-only)")
 
 
 class BatchResponse(BaseModel):
     model_version: str
+    profile_version: str | None
     results: list[Recommendation]
 
 

@@ -1,4 +1,11 @@
-"""Export a trained G2RecModel's scoring graph to ONNX (dynamic batch and history length)."""
+"""Export a trained G2RecModel's scoring graphs to ONNX (dynamic batch and history length).
+
+Two graphs, both served by serving/scorer.py:
+  model.onnx       history -> dense scores (B, N+1): the reference path;
+  model.topk.onnx  history, exclude, k -> the k best items and their scores, the excluded items
+                   (and padding) at -inf inside the graph: the fast path. It is model.onnx with
+                   ScatterElements + TopK appended, so both share one scoring subgraph.
+"""
 
 from __future__ import annotations
 
@@ -21,4 +28,44 @@ def export_onnx(model: G2RecModel, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     program.save(str(path))
+    return path
+
+
+def export_topk(dense: Path, path: Path) -> Path:
+    """The dense graph at `dense` + in-graph exclusion and top-k, saved at `path`:
+    history (B, T) int64, exclude (B, E) int64 (dense ids to drop; 0 pads, and padding is always
+    dropped), k (1,) int64 with 1 <= k <= N+1 -> items (B, k) int64 best first, scores (B, k)
+    float32; excluded items come last at -inf when fewer than k remain."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    m = onnx.load(str(dense))
+    g = m.graph
+    (scores,) = [o for o in g.output if o.name == "scores"]
+    g.output.remove(scores)
+    g.input.append(helper.make_tensor_value_info("exclude", TensorProto.INT64, ["batch", "excluded"]))
+    g.input.append(helper.make_tensor_value_info("k", TensorProto.INT64, [1]))
+    g.node.extend([
+        helper.make_node("Constant", [], ["topk_neg_inf"],
+                         value=helper.make_tensor("v", TensorProto.FLOAT, [], [float("-inf")])),
+        helper.make_node("Constant", [], ["topk_zero"], value=helper.make_tensor("z", TensorProto.INT64, [1, 1], [0])),
+        # Padding (column 0) is excluded too: a column of zeros in front of the exclude list.
+        helper.make_node("Shape", ["history"], ["topk_history_shape"]),
+        helper.make_node("Slice", ["topk_history_shape", "topk_start", "topk_end"], ["topk_batch"]),
+        helper.make_node("Concat", ["topk_batch", "topk_one"], ["topk_pad_shape"], axis=0),
+        helper.make_node("Expand", ["topk_zero", "topk_pad_shape"], ["topk_pad"]),
+        helper.make_node("Concat", ["topk_pad", "exclude"], ["topk_drop"], axis=1),
+        helper.make_node("Shape", ["topk_drop"], ["topk_drop_shape"]),
+        helper.make_node("Expand", ["topk_neg_inf", "topk_drop_shape"], ["topk_drop_values"]),
+        helper.make_node("ScatterElements", ["scores", "topk_drop", "topk_drop_values"], ["topk_masked"], axis=1),
+        helper.make_node("TopK", ["topk_masked", "k"], ["scores_k", "items"], axis=1, largest=1, sorted=1),
+    ])
+    g.initializer.extend([helper.make_tensor("topk_start", TensorProto.INT64, [1], [0]),
+                          helper.make_tensor("topk_end", TensorProto.INT64, [1], [1]),
+                          helper.make_tensor("topk_one", TensorProto.INT64, [1], [1])])
+    g.output.extend([helper.make_tensor_value_info("items", TensorProto.INT64, ["batch", "k"]),
+                     helper.make_tensor_value_info("scores_k", TensorProto.FLOAT, ["batch", "k"])])
+    onnx.checker.check_model(m)
+    path = Path(path)
+    onnx.save(m, str(path))
     return path

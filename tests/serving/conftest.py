@@ -13,8 +13,8 @@ from training.pipeline import DataSource, PipelineConfig, save_run
 N, K, MAX_LEN = 60, 5, 12
 
 
-def tiny_model(mode: str) -> G2RecModel:
-    torch.manual_seed(0)
+def tiny_model(mode: str, seed: int = 0) -> G2RecModel:
+    torch.manual_seed(seed)
     m = G2RecModel(ModelConfig(n_items=N, max_len=MAX_LEN, d_model=16, n_layers=1, mode=mode,
                                n_clusters=K if mode == "g2rec" else 0, rho=2 if mode == "g2rec" else 1, top_b=3))
     if mode == "g2rec":
@@ -38,10 +38,21 @@ def run_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def other_run_dir(tmp_path_factory):
+    """Another model (seed 1) over the same catalogue: what a retrain or a promotion swaps in."""
+    out = tmp_path_factory.mktemp("run2")
+    save_run(out, PipelineConfig(data=DataSource("synth")), tiny_model("items", seed=1), None, {}, np.arange(N + 1) * 10,
+             COUNTS)
+    open_run(RunConfig(out))
+    return out
+
+
+@pytest.fixture(scope="session")
 def str_run_dir(run_dir, tmp_path_factory):
     """The same model over string item ids "i1" .. "i60"."""
     out = tmp_path_factory.mktemp("strrun")
-    for name in ("model.onnx", "model_config.json", "item_counts.npy", "config.json", "model.pt"):
+    for name in ("model.onnx", "model.topk.onnx", "serving.json", "model_config.json", "item_counts.npy", "config.json",
+                 "model.pt"):
         shutil.copy(run_dir / name, out / name)
     np.save(out / "item_ids.npy", np.array([""] + [f"i{i}" for i in range(1, N + 1)], dtype=object), allow_pickle=True)
     return out

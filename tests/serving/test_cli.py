@@ -4,17 +4,13 @@ import json
 import os
 import re
 import socket
-import subprocess
-import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from bench.serve import ServeProcess
 from cli.main import cli
 
 
@@ -53,46 +49,7 @@ def test_score_rejects_k_below_1(run_dir, tmp_path, k):
     assert res.exit_code == 2 and "-k" in res.output
 
 
-class Server:
-    """`g2rec serve` in a subprocess; its output collected; the port read from the "listening on" line."""
-
-    def __init__(self, run_dir, *args, env=None):
-        self.proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", str(run_dir), "--port", "0", *args],
-                                     env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True)
-        self.lines: list[str] = []
-        threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stdout.readline, "")), daemon=True).start()
-        deadline = time.time() + 240  # the first start exports the ONNX model
-        while not (m := re.search(r"listening on http://127.0.0.1:(\d+)", self.log)):
-            assert self.proc.poll() is None, f"server exited:\n{self.log}"
-            assert time.time() < deadline, "server did not come up"
-            time.sleep(0.1)
-        self.url = f"http://127.0.0.1:{m.group(1)}"
-        self.port = int(m.group(1))
-        while True:
-            try:
-                urllib.request.urlopen(self.url + "/health", timeout=1)
-                break
-            except OSError:
-                assert time.time() < deadline, "server did not answer"
-                time.sleep(0.1)
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def post(self, path: str, body: dict) -> tuple[int, dict]:
-        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=10) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+Server = ServeProcess  # `g2rec serve ARGS` over loopback (bench/serve.py's launcher)
 
 
 @pytest.mark.integration

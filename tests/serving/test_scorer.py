@@ -8,14 +8,27 @@ from g2rec.errors import ConfigError
 from g2rec.ranking import pad_left
 from serving.scorer import OnnxScorer, ScorerConfig, model_version
 from tests.serving.conftest import MAX_LEN, N, tiny_model
-from training.export import export_onnx
+from training.export import export_onnx, export_topk
 
 
 @pytest.fixture(scope="module", params=["items", "g2rec"])
 def exported(request, tmp_path_factory):
     m = tiny_model(request.param)
     path = export_onnx(m, tmp_path_factory.mktemp(request.param) / "model.onnx")
+    export_topk(path, path.with_name("model.topk.onnx"))
     return m, path
+
+
+def test_the_top_k_graph_in_length_chunks_matches_the_dense_reference(exported):
+    _, path = exported
+    scorer = OnnxScorer(ScorerConfig(str(path), str(path.with_name("model.topk.onnx")), max_len=MAX_LEN, chunk=4))
+    rng = np.random.default_rng(1)
+    hist = [rng.integers(1, N + 1, size=rng.integers(1, 3 * MAX_LEN)) for _ in range(11)]
+    excludes = [np.concatenate([h, rng.integers(1, N + 1, size=3)]) for h in hist]
+    for k in (1, 10, N + 5):
+        for fast, ref in zip(scorer.recommend(hist, k, excludes), scorer.recommend_reference(hist, k, excludes)):
+            assert np.array_equal(fast.items, ref.items)
+            np.testing.assert_allclose(fast.scores, ref.scores, atol=1e-5)
 
 
 def test_onnx_reproduces_eager_scores_for_any_batch_and_length(exported):
