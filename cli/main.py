@@ -14,6 +14,7 @@ from cli.errors import TranslatingGroup
 COMMANDS = {
     "demo": "training.cli:demo",
     "train": "training.cli:train",
+    "train-service": "training.cli:train_service",
     "eval": "training.cli:evaluate",
     "replay": "streaming.cli:replay",
     "stream": "streaming.cli:stream",

@@ -52,12 +52,9 @@ def load_histories(event_log: str, offsets: dict[int, int]) -> Interactions:
     from streaming.eventlog import read_histories
 
     try:
-        data = read_histories(event_log, committed=offsets or None)
-    except DataError as e:
-        raise DataError(f"event log {event_log}: {e}") from e
-    if data.n_interactions == 0:
-        raise DataError(f"event log {event_log}: no events up to the snapshot's offsets")
-    return data
+        return read_histories(event_log, committed=offsets or None)
+    except DataError as e:  # from_events refuses an empty log
+        raise DataError(f"event log {event_log}: no events up to the snapshot's offsets ({e})") from e
 
 
 def common_items(snapshot: EdgeSnapshot, data: Interactions, item_ids: np.ndarray) -> int:
