@@ -30,6 +30,7 @@ BENCHMARKS = {
     "cluster": "bench.cluster:command",
     "stream": "bench.stream:command",
     "features": "bench.features:command",
+    "train-service": "bench.train_service:command",
 }
 
 

@@ -151,16 +151,17 @@ def train_service(config_path, dataset, model, once, full_retrain_now, **flags):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     base = {"pipeline": to_mapping(_config(dataset, None, None, model, None, None, 0, None)),
             "features": to_mapping(StoreConfig.from_env()),
-            "bootstrap": os.environ.get("G2REC_KAFKA", "127.0.0.1:9092"),
-            "fault_stage": os.environ.get(FAULT_ENV, "")}
+            "bootstrap": os.environ.get("G2REC_KAFKA", "127.0.0.1:9092")}
     base["pipeline"]["train"]["progress"] = False
     cfg = from_mapping(ServiceConfig, base, "train-service defaults")
     if config_path:
         cfg = override(cfg, _read_json(Path(config_path)), config_path)
     registry = {k: v for k, v in (("tracking_url", flags.pop("tracking_url")), ("artifacts", flags.pop("artifacts")))
                 if v is not None}
-    cfg = override(cfg, {**{k: v for k, v in flags.items() if v is not None}, "registry": registry},
-                   "command-line flags")
+    over = {**{k: v for k, v in flags.items() if v is not None}, "registry": registry}
+    if os.environ.get(FAULT_ENV):
+        over["fault_stage"] = os.environ[FAULT_ENV]
+    cfg = override(cfg, over, "command-line flags")
     service = TrainService(cfg)
     if full_retrain_now:
         (Path(cfg.work_dir) / FULL_RETRAIN_REQUEST).touch()
