@@ -14,6 +14,7 @@ from cli.errors import TranslatingGroup
 COMMANDS = {
     "demo": ("training.cli:demo", "Run the offline pipeline end to end and show a few users' top-10."),
     "train": ("training.cli:train", "Train a model and write a run directory."),
+    "train-service": ("training.cli:train_service", "Retrain on every new edge snapshot: cluster, publish, train, register."),
     "eval": ("training.cli:evaluate", "Re-evaluate a run directory on validation and test."),
     "replay": ("streaming.cli:replay", "Produce a dataset's events to Kafka, keyed by user."),
     "stream": ("streaming.cli:stream", "Run the stream worker: events -> counts -> edge snapshots."),
@@ -30,6 +31,7 @@ BENCHMARKS = {
     "stream": ("bench.stream:command", "Stream worker throughput, freshness and exactness."),
     "features": ("bench.features:command", "Feature store publish and lookup speed."),
     "serve": ("bench.serve:command", "Scoring, HTTP latency under load, hot swaps, batch scoring."),
+    "train-service": ("bench.train_service:command", "Training service cycles: warm vs cold, fine-tune vs retrain."),
 }
 
 

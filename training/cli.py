@@ -118,3 +118,61 @@ def demo(dataset, models, minutes, out):
     ids = split.full.item_ids
     for row, u in enumerate(split.users[:3]):
         click.echo(f"user {split.full.user_ids[u]} ({model.cfg.mode}): recent {ids[hist[row][-5:]].tolist()} -> top-10 {ids[top[row]].tolist()}")
+
+
+FAULT_ENV = "G2REC_TRAIN_FAULT"  # test-only: SIGKILL the service in the middle of this stage
+
+
+@click.command("train-service")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="JSON ServiceConfig overrides (nested pipeline, finetune, registry, features)")
+@click.option("--dataset", default="ml-100k", show_default=True, help="preset of model, training and clustering")
+@click.option("--model", type=click.Choice(["items", "g2rec"]), default="g2rec", show_default=True)
+@click.option("--work-dir", type=click.Path(file_okay=False), default=None, help="cycle folders and the journal")
+@click.option("--event-log", type=click.Path(file_okay=False), default=None, help="the worker's Parquet event log")
+@click.option("--store-url", default=None, help="the stream state store (its snapshot table is read at start)")
+@click.option("--bootstrap", default=None, help="Kafka bootstrap ('' : no Kafka); $G2REC_KAFKA")
+@click.option("--topic", default=None, help="events topic; announcements come on TOPIC-snapshots")
+@click.option("--tracking-url", default=None, help="MLflow backend store URL (default sqlite under mlruns/)")
+@click.option("--artifacts", default=None, help="MLflow artifact folder for a new experiment")
+@click.option("--full-retrain-every", type=int, default=None, help="every Nth trained cycle retrains from scratch")
+@click.option("--full-retrain-now", is_flag=True, help="the next cycle retrains from scratch")
+@click.option("--metrics-port", type=int, default=None, help="serve Prometheus metrics on 127.0.0.1:PORT")
+@click.option("--once", is_flag=True, help="handle the pending snapshots, then exit")
+def train_service(config_path, dataset, model, once, full_retrain_now, **flags):
+    """Long-running: one recluster -> publish -> train -> export -> register -> promote cycle per snapshot."""
+    import logging
+    import os
+
+    from features.config import StoreConfig
+    from g2rec.config import from_mapping, to_mapping
+    from training.service import FULL_RETRAIN_REQUEST, ServiceConfig, TrainService
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("mlflow", "alembic", "feast", "kafka", "onnxscript", "torch"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    base = {"pipeline": to_mapping(_config(dataset, None, None, model, None, None, 0, None)),
+            "features": to_mapping(StoreConfig.from_env()),
+            "bootstrap": os.environ.get("G2REC_KAFKA", "127.0.0.1:9092")}
+    base["pipeline"]["train"]["progress"] = False
+    cfg = from_mapping(ServiceConfig, base, "train-service defaults")
+    if config_path:
+        cfg = override(cfg, _read_json(Path(config_path)), config_path)
+    registry = {k: v for k, v in (("tracking_url", flags.pop("tracking_url")), ("artifacts", flags.pop("artifacts")))
+                if v is not None}
+    over = {**{k: v for k, v in flags.items() if v is not None}, "registry": registry}
+    if os.environ.get(FAULT_ENV):
+        over["fault_stage"] = os.environ[FAULT_ENV]
+    cfg = override(cfg, over, "command-line flags")
+    service = TrainService(cfg)
+    if full_retrain_now:
+        (Path(cfg.work_dir) / FULL_RETRAIN_REQUEST).touch()
+    try:
+        if once:
+            service.scan_store()
+            service.poll_kafka(cfg.poll_s)
+            service.run_pending()
+        else:
+            service.run_forever()
+    finally:
+        service.close()

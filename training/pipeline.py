@@ -29,7 +29,7 @@ from g2rec.graph import GraphConfig, build_graph
 from g2rec.metrics import LooSplit, loo_split
 from g2rec.model import G2RecModel, ModelConfig
 from g2rec.profiles import cluster_prototypes, cluster_sizes
-from g2rec.train import TrainConfig, evaluate, evaluate_mixtures, fit
+from g2rec.train import FitResult, TrainConfig, evaluate, evaluate_mixtures, fit
 from g2rec.types import Interactions, InterestProfiles
 
 
@@ -92,25 +92,53 @@ def build_profiles(train: Interactions, graph: GraphConfig, cluster: ClusterConf
     return profiles, info
 
 
+def new_model(model_cfg: ModelConfig, n_items: int, profiles: InterestProfiles | None, seed: int) -> G2RecModel:
+    """A freshly initialised model over items 1..n_items (g2rec mode: holding `profiles`)."""
+    model_cfg = replace(model_cfg, n_items=n_items)
+    if model_cfg.mode == "g2rec":
+        model_cfg = replace(model_cfg, n_clusters=profiles.n_clusters, rho=profiles.rho)
+    torch.manual_seed(seed)
+    model = G2RecModel(model_cfg)
+    if profiles is not None:
+        model.set_profiles(profiles.clusters, profiles.weights)
+    return model
+
+
+@dataclass
+class Trained:
+    """What the train stage did: the fit (curve, best epoch, seconds), the training counts per item
+    (N+1,) and, in g2rec mode, the search of the direct head's weight."""
+
+    fit: FitResult
+    item_counts: np.ndarray
+    direct_weight_search: dict[str, float] | None
+
+
+def train_model(model: G2RecModel, split: LooSplit, cfg: TrainConfig) -> Trained:
+    """The train stage, shared by `g2rec train` and the training service: negatives follow the
+    training counts, validation-early-stopped fit, then (g2rec mode) the direct head's weight."""
+    item_counts = np.bincount(split.train.items, minlength=model.cfg.n_items + 1)  # (N+1,)
+    model.set_item_counts(item_counts)
+    result = fit(model, split, cfg)
+    search = None
+    if model.cfg.mode == "g2rec" and model.cfg.direct_weight > 0:
+        search = choose_direct_weight(model, split)
+    return Trained(result, item_counts, search)
+
+
 def run(cfg: PipelineConfig, out: Path | None = None, data: Interactions | None = None) -> RunResult:
     torch.set_num_threads(cfg.threads)
     data = data if data is not None else cfg.data.load()
     split = loo_split(data)
     profiles, info = None, {}
-    model_cfg = replace(cfg.model, n_items=data.n_items)
-    if model_cfg.mode == "g2rec":
+    if cfg.model.mode == "g2rec":
         seed = cfg.train.seed
         profiles, info = build_profiles(split.train, replace(cfg.graph, seed=seed), replace(cfg.cluster, seed=seed))
-        model_cfg = replace(model_cfg, n_clusters=profiles.n_clusters, rho=profiles.rho)
-    torch.manual_seed(cfg.train.seed)
-    model = G2RecModel(model_cfg)
-    if profiles is not None:
-        model.set_profiles(profiles.clusters, profiles.weights)
-    item_counts = np.bincount(split.train.items, minlength=data.n_items + 1)  # (N+1,)
-    model.set_item_counts(item_counts)
-    result = fit(model, split, cfg.train)
-    if model_cfg.mode == "g2rec" and model_cfg.direct_weight > 0:
-        info["direct_weight_search"] = choose_direct_weight(model, split)
+    model = new_model(cfg.model, data.n_items, profiles, cfg.train.seed)
+    trained = train_model(model, split, cfg.train)
+    result = trained.fit
+    if trained.direct_weight_search is not None:
+        info["direct_weight_search"] = trained.direct_weight_search
     metrics = {
         "dataset": data.name,
         "users_evaluated": int(len(split.users)),
@@ -125,7 +153,7 @@ def run(cfg: PipelineConfig, out: Path | None = None, data: Interactions | None 
         **info,
     }
     if out is not None:
-        save_run(out, cfg, model, profiles, metrics, data.item_ids, item_counts)
+        save_run(out, cfg, model, profiles, metrics, data.item_ids, trained.item_counts)
     return RunResult(model, split, profiles, metrics)
 
 
@@ -148,7 +176,7 @@ def save_run(out: Path, cfg: PipelineConfig, model: G2RecModel, profiles: Intere
     np.save(out / "item_counts.npy", np.asarray(item_counts, dtype=np.int64))
     (out / "config.json").write_text(json.dumps(replace(cfg, model=model.cfg).to_dict(), indent=2))  # as built
     np.save(out / "item_ids.npy", item_ids, allow_pickle=item_ids.dtype == object)
-    torch.save({"model_config": model.cfg.to_dict(), "state_dict": model.state_dict()}, out / "model.pt")
+    save_model(model, out / "model.pt")
     if profiles is not None:
         # Cluster prototypes for the feature store (`g2rec features publish-prototypes`).
         np.save(out / "prototypes.npy", cluster_prototypes(profiles, model.item_emb.weight.detach()).numpy())
@@ -157,14 +185,27 @@ def save_run(out: Path, cfg: PipelineConfig, model: G2RecModel, profiles: Intere
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
 
+def save_model(model: G2RecModel, path: Path) -> Path:
+    """{"model_config", "state_dict"} to `path`, atomically (a temp file, then a rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"model_config": model.cfg.to_dict(), "state_dict": model.state_dict()}, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_model(path: Path) -> G2RecModel:
+    """The model `save_model` wrote, in eval mode."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model = G2RecModel(ModelConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
 def load_run(run_dir: Path) -> tuple[PipelineConfig, G2RecModel]:
     run_dir = Path(run_dir)
     if not (run_dir / "model.pt").is_file():
         raise NotFoundError(f"{run_dir}: not a run directory (no model.pt)",
                             fix="name a directory that a finished training run wrote")
     cfg = PipelineConfig.from_dict(json.loads((run_dir / "config.json").read_text()), str(run_dir / "config.json"))
-    ckpt = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
-    model = G2RecModel(ModelConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
-    return cfg, model
+    return cfg, load_model(run_dir / "model.pt")

@@ -1,0 +1,168 @@
+"""`g2rec bench train-service`: the training service's cycles on timestamped ML-100K.
+
+The events are cut by time into slices (cumulative: slice k holds everything up to its end).
+Each slice goes through the stream worker's processor (state store, Parquet event log), becomes
+an edge snapshot announced on a real Tansu broker (bench/stream_driver.py), and the service
+(training/service.py, in this process) runs one cycle for it. Per cycle: snapshot -> promoted
+latency and its stage split; warm recluster (what the service did) against a cold one on the same
+snapshot at the same resolution; the share of items whose primary interest changed; the fine-tuned
+model's gate NDCG@10 and training seconds against a full retrain on the same data and split;
+ONNX parity. Writes bench/results/train-service.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import click
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class _StageLines(logging.Handler):
+    """Collects the service's JSON stage lines."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[dict] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if msg.startswith("{"):
+            self.lines.append(json.loads(msg))
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 3) if b else None
+
+
+@click.command()
+@click.option("--slices", default="0.55,0.7,0.85,1.0", show_default=True, help="cumulative shares of the time span")
+@click.option("--full-minutes", type=float, default=1.0, show_default=True, help="cap on a full retrain")
+@click.option("--finetune-minutes", type=float, default=0.25, show_default=True, help="cap on a fine-tune")
+@click.option("--out", type=click.Path(dir_okay=False), default=str(REPO / "bench" / "results" / "train-service.json"),
+              show_default=True)
+@click.option("--hardware", default="2-core CPU dev machine, shared", show_default=True)
+def command(slices: str, full_minutes: float, finetune_minutes: float, out: str, hardware: str) -> None:
+    """Benchmark the training service's cycles; writes bench/results/train-service.json."""
+    import torch
+
+    from bench.stream_driver import StreamDriver
+    from cli.context import data_root
+    from features.config import StoreConfig
+    from features.store import FeatureRepo
+    from g2rec.cluster import cluster
+    from g2rec.data import load_dataset
+    from g2rec.train import TrainConfig
+    from infra import kafka
+    from training import stages
+    from training.presets import preset
+    from training.registry import RegistryConfig
+    from training.service import ServiceConfig, TrainService
+
+    torch.set_num_threads(2)
+    logging.basicConfig(level=logging.WARNING)
+    handler = _StageLines()
+    logging.getLogger("g2rec.train_service").addHandler(handler)
+    logging.getLogger("g2rec.train_service").setLevel(logging.INFO)
+    data = load_dataset("ml-100k", data_root())
+    users = np.repeat(data.user_ids, data.lengths()).astype(np.int64)
+    items = data.item_ids[data.items].astype(np.int64)
+    times = data.times.astype(np.int64)
+    order = np.lexsort((users, times))
+    users, items, times = users[order], items[order], times[order]
+    cuts = [float(s) for s in slices.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="g2rec-bench-train-"))
+    broker = kafka.start(log_dir=work)
+    pipe = preset("ml-100k", "g2rec", data_root())
+    pipe = replace(pipe, threads=2, train=replace(pipe.train, epochs=60, eval_every=2, patience=3,
+                                                  max_minutes=full_minutes, progress=False))
+    finetune = TrainConfig(**{**pipe.train.to_dict(), "epochs": 8, "eval_every": 1, "patience": 2,
+                              "max_minutes": finetune_minutes})
+    result: dict = {"hardware": hardware, "cpus": os.cpu_count(), "python": platform.python_version(),
+                    "dataset": "ml-100k", "events": int(len(users)), "slices": cuts,
+                    "loadavg_1m_at_start": round(os.getloadavg()[0], 2), "cycles": []}
+    driver = StreamDriver(work / "stream", topic="bench-events", partitions=4, r=10, window=50,
+                          bootstrap=broker.bootstrap)
+    features = StoreConfig(root=work / "features", project="bench")
+    repo = FeatureRepo(features)
+    repo.apply()
+    repo.close()
+    cfg = ServiceConfig(work_dir=str(work / "service"), event_log=str(driver.event_log), store_url=driver.cfg.store,
+                        bootstrap=broker.bootstrap, topic="bench-events",
+                        registry=RegistryConfig(f"sqlite:///{work / 'mlflow.db'}", str(work / "artifacts")),
+                        features=features, pipeline=pipe, finetune=finetune, eval_users=943, parity_users=943)
+    service = TrainService(cfg)
+    try:
+        lo = 0
+        prev_profiles = None
+        for k, share in enumerate(cuts, start=1):
+            hi = int(share * len(users))
+            driver.feed(users[lo:hi], items[lo:hi], times[lo:hi])
+            lo = hi
+            info = driver.snapshot()
+            handler.lines.clear()
+            while service.poll_kafka(2.0) == 0:
+                pass
+            [cycle] = service.run_pending()
+            promoted_at = time.time()
+            row: dict = {"cycle": k, "events": hi, "snapshot_items": info.n_items, "snapshot_edges": info.n_edges,
+                         "outcome": cycle.outcome, "reason": cycle.reason,
+                         "snapshot_to_promoted_s": round(promoted_at - info.created_at, 2),
+                         "stages_s": {x["stage"]: x["seconds"] for x in handler.lines if x.get("event") == "stage"}}
+            stage = {x["stage"]: x for x in handler.lines if x.get("event") == "stage"}
+            folder = Path(cfg.work_dir) / "cycles" / f"{cycle.store_id}-{cycle.snapshot_id:08d}"
+            metrics = json.loads((folder / "metrics.json").read_text())
+            row["parity"] = {k2: stage["export"][k2] for k2 in ("max_abs_diff", "top10_share", "users")}
+            row["warm_recluster"] = {k2: stage["recluster"][k2] for k2 in ("warm", "iterations", "seconds", "modularity")}
+            row["changed_primary_share"] = stage["recluster"]["changed_primary_share"]
+            row["gate_ndcg10"] = metrics["gate"]["ndcg@10"]
+            row["full_retrain"] = metrics["full_retrain"]
+            row["train_seconds"] = round(metrics["train_seconds"], 2)
+            row["new_items"] = metrics["new_items"]
+            if prev_profiles is not None:
+                snap = stages.load_snapshot(cycle.path, cycle.snapshot_id)
+                ccfg = replace(pipe.cluster, resolution=cycle.resolution, auto_resolution=False)
+                _, cold = cluster(snap, ccfg)
+                row["cold_recluster"] = {"iterations": cold.iterations, "seconds": round(cold.seconds, 3),
+                                         "modularity": cold.modularity}
+                offsets = {int(p): int(o) for p, o in json.loads(cycle.offsets).items()}
+                history = stages.load_histories(cfg.event_log, offsets)
+                profiles = stages.load_profiles(folder / "profiles.npz")
+                full = stages.train_cycle(history, profiles, None, stages.TrainPlan(True, pipe.train), pipe.model,
+                                          pipe.train.seed, cfg.eval_users)
+                row["full_retrain_comparison"] = {"gate_ndcg10": full.metrics["gate"]["ndcg@10"],
+                                                  "train_seconds": round(full.metrics["train_seconds"], 2)}
+            prev_profiles = cycle.profile_version
+            result["cycles"].append(row)
+            click.echo(json.dumps(row))
+        later = [c for c in result["cycles"] if "cold_recluster" in c]
+        result["summary"] = {
+            "warm_over_cold_seconds": _ratio(sum(c["warm_recluster"]["seconds"] for c in later),
+                                             sum(c["cold_recluster"]["seconds"] for c in later)),
+            "warm_over_cold_modularity": _ratio(np.mean([c["warm_recluster"]["modularity"] for c in later]),
+                                                np.mean([c["cold_recluster"]["modularity"] for c in later])),
+            "finetune_over_retrain_ndcg": _ratio(np.mean([c["gate_ndcg10"] for c in later]),
+                                                 np.mean([c["full_retrain_comparison"]["gate_ndcg10"] for c in later])),
+            "finetune_over_retrain_seconds": _ratio(sum(c["train_seconds"] for c in later),
+                                                    sum(c["full_retrain_comparison"]["train_seconds"] for c in later)),
+            "snapshot_to_promoted_s_max": max(c["snapshot_to_promoted_s"] for c in result["cycles"]),
+        }
+        result["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2, default=float))
+        click.echo(json.dumps(result["summary"]))
+    finally:
+        service.close()
+        driver.close()
+        kafka.stop(broker.pid)
+        shutil.rmtree(work, ignore_errors=True)
