@@ -1,8 +1,6 @@
 """serving/cli.py: `g2rec score` and `g2rec serve` (a real server over loopback)."""
 
 import json
-import os
-import re
 import socket
 import time
 

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from bench.stream_driver import StreamDriver
-from features.lookup import FeatureLookup
 from features.publish import PROFILES
 from features.store import FeatureRepo
 from g2rec.ranking import pad_left
