@@ -66,7 +66,7 @@ def command(slices: str, full_minutes: float, finetune_minutes: float, out: str,
     from infra import kafka
     from training import stages
     from training.presets import preset
-    from training.registry import RegistryConfig
+    from registry import RegistryConfig
     from training.service import ServiceConfig, TrainService
 
     torch.set_num_threads(2)

@@ -16,7 +16,7 @@ be redone or recognised as done after a restart:
   export     pure; model.onnx + parity.json before `exported`
   register   an MLflow version is made only after its artifacts, and is found again by its cycle tag
   promote    the alias moves, then the version is tagged promoted; a tagged version is never
-             promoted again (training/registry.py)
+             promoted again (registry/)
 The Feast pointer switch and the alias move are single-row writes, so the current profile
 version and the champion are never half-written.
 """
@@ -41,7 +41,7 @@ from training.journal import Cycle, Journal
 from training.pipeline import PipelineConfig, load_model
 from training import stages
 from training.observe import ServiceMetrics, stage_log
-from training.registry import ModelRegistry, RegistryConfig
+from registry import ModelRegistry, RegistryConfig
 from training.warm import can_grow, rekey
 
 log = logging.getLogger("g2rec.train_service")

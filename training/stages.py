@@ -1,6 +1,6 @@
 """The stages of a training-service cycle, as functions of their inputs (no journal, no loop):
 inputs -> recluster -> publish -> train + evaluate -> export + parity -> (register, promote in
-training/registry.py). `g2rec train` shares the train stage (training/pipeline.train_model).
+registry/). `g2rec train` shares the train stage (training/pipeline.train_model).
 
 A cycle's folder holds what each stage leaves for the next, each file written atomically:
     profiles.npz     the reclustered profiles (version set when published)

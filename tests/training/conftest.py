@@ -19,7 +19,7 @@ from g2rec.model import ModelConfig
 from g2rec.synth import SynthConfig, synth_interactions
 from g2rec.train import TrainConfig
 from training.pipeline import PipelineConfig
-from training.registry import RegistryConfig
+from registry import RegistryConfig
 from training.service import ServiceConfig
 
 _projects = itertools.count()

@@ -16,7 +16,7 @@ from features.publish import PROFILES
 from features.store import FeatureRepo
 from g2rec.config import to_mapping
 from training.journal import Journal
-from training.registry import ModelRegistry
+from registry import ModelRegistry
 from training.service import FAULT_STAGES
 
 from .conftest import service_config
