@@ -7,6 +7,7 @@ is an MLflow run holding
     model.onnx      the exported scoring graph (its sha256 is a version tag)
     model.pt        {"model_config", "state_dict"}: the weights the next fine-tune starts from
     item_ids.npy    (N+1,) original item id of each dense id (row 0 padding)
+    item_counts.npy (N+1,) training interactions per dense id (serving's popularity fallback)
     config.json, metrics.json, curve.png (the training curve)
 
 and tags `g2rec.cycle` (store_id/snapshot_id), `g2rec.snapshot_id`, `g2rec.profile_version`,
@@ -37,7 +38,7 @@ TAG_PROFILE_VERSION = "g2rec.profile_version"
 TAG_SHA256 = "g2rec.onnx_sha256"
 TAG_PROMOTED = "g2rec.promoted"
 TAG_DECISION = "g2rec.decision"
-ARTIFACTS = ("model.onnx", "model.pt", "item_ids.npy", "config.json", "metrics.json", "curve.png")
+ARTIFACTS = ("model.onnx", "model.pt", "item_ids.npy", "item_counts.npy", "config.json", "metrics.json", "curve.png")
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,11 @@ TOKEN_ENV = "G2REC_SERVE_TOKEN"
 
 
 @click.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=False)
+@click.option("--registry", "registry_url", default=None,
+              help="serve the champion of this MLflow registry (its SQLAlchemy URL) instead of a run directory")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/serving-cache"),
+              show_default=True, help="--registry: where the champion's files are copied")
 @click.option("--input", "input_path", type=click.Path(dir_okay=False, allow_dash=True), default="-",
               show_default=True, help='JSON lines: {"user": ..., "history": [item ids], "exclude": [...]}')
 @click.option("--all", "event_log", type=click.Path(exists=True, path_type=Path), default=None,
@@ -38,12 +42,16 @@ TOKEN_ENV = "G2REC_SERVE_TOKEN"
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True)
 @click.option("--provider", type=PROVIDER, default="cpu", show_default=True)
-def score(run_dir, input_path, event_log, events_format, since, until, workers, out, fmt, errors_path, top_k,
+def score(run_dir, registry_url, cache_dir, input_path, event_log, events_format, since, until, workers, out, fmt, errors_path, top_k,
           batch_size, threads, provider):
     """Batch scoring: users from a JSON-lines file (or every user of an event log, --all) to ranked
     rows (user, rank, item, score, ..., model_version), by the serving rule. Bad lines go to the
-    errors file and the run carries on; the exit status is then 2."""
+    errors file and the run carries on; the exit status is then 2. Scores RUN_DIR, or the
+    champion of --registry."""
     from tqdm import tqdm
+
+    source = _one_source(run_dir, registry_url, cache_dir, None)
+    run_dir = source.run_dir() if registry_url else run_dir
 
     if event_log is not None:
         from serving.event_log import EventLogConfig, score_event_log
@@ -81,6 +89,10 @@ def score(run_dir, input_path, event_log, events_format, since, until, workers, 
 @click.option("--watch", "watch_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="serve the run directory that WATCH/current names (a symlink, or a file holding its path), "
                    "swapping when it changes")
+@click.option("--registry", "registry_url", default=None,
+              help="serve the champion of this MLflow registry (its SQLAlchemy URL) instead of a run directory")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/serving-cache"),
+              show_default=True, help="--registry: where the champion's files are copied")
 @click.option("--poll-seconds", type=float, default=2.0, show_default=True,
               help="how often the model source is checked for a new version (retrained model.pt, new "
                    "pointer); 0: never")
@@ -95,11 +107,11 @@ def score(run_dir, input_path, event_log, events_format, since, until, workers, 
 @click.option("--max-body-bytes", type=click.IntRange(min=1024), default=1 << 20, show_default=True)
 @click.option("--body-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
               help="seconds a request body may take to arrive")
-def serve(run_dir, watch_dir, poll_seconds, host, port, threads, provider, features, max_batch, max_body_bytes,
+def serve(run_dir, watch_dir, registry_url, cache_dir, poll_seconds, host, port, threads, provider, features, max_batch, max_body_bytes,
           body_timeout):
     """HTTP recommendations: POST /recommend {"history": [item ids]} or {"user_id": 7}, "k": 10;
-    POST /recommend/batch; OpenAPI at /docs. Serves RUN_DIR, or the run WATCH/current names; either
-    is polled and a new model swapped in without dropping a request. Set G2REC_SERVE_TOKEN to
+    POST /recommend/batch; OpenAPI at /docs. Serves RUN_DIR, the run WATCH/current names, or the
+    champion of --registry; each is polled and a new model swapped in without dropping a request. Set G2REC_SERVE_TOKEN to
     require a bearer token."""
     import uvicorn
 
@@ -107,12 +119,9 @@ def serve(run_dir, watch_dir, poll_seconds, host, port, threads, provider, featu
     from serving.http import HttpConfig, feature_store_histories, make_app
     from serving.run_dir import open_version
     from serving.schemas import Limits
-    from serving.source import PointerSource, RunDirSource
 
-    if (run_dir is None) == (watch_dir is None):
-        raise click.UsageError("give a RUN_DIR or --watch DIR (not both)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    source = RunDirSource(run_dir) if run_dir is not None else PointerSource(watch_dir)
+    source = _one_source(run_dir, registry_url, cache_dir, watch_dir)
     served = source.current()
     rec = open_version(served, threads, provider)
     warm(rec)
@@ -142,3 +151,18 @@ def serve(run_dir, watch_dir, poll_seconds, host, port, threads, provider, featu
         server.run(sockets=[sock])
     finally:
         watcher.stop()
+
+
+def _one_source(run_dir: Path | None, registry_url: str | None, cache_dir: Path, watch_dir: Path | None):
+    """The ModelSource the flags name: exactly one of RUN_DIR, --watch DIR, --registry URL."""
+    from serving.source import PointerSource, RegistrySource, RunDirSource
+
+    given = [name for name, v in (("RUN_DIR", run_dir), ("--watch", watch_dir), ("--registry", registry_url)) if v]
+    if len(given) != 1:
+        raise click.UsageError(f"name one model source: RUN_DIR, --registry URL or (serve) --watch DIR; "
+                               f"got {', '.join(given) or 'none'}")
+    if registry_url:
+        from registry import ModelRegistry, RegistryConfig
+
+        return RegistrySource(ModelRegistry(RegistryConfig(tracking_url=registry_url)), cache_dir)
+    return RunDirSource(run_dir) if run_dir is not None else PointerSource(watch_dir)

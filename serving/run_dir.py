@@ -94,10 +94,10 @@ def prepare_run(run_dir: Path) -> None:
     fresh = manifest is not None and manifest.get("model_sha256") == model_sha
     if fresh and (run_dir / "item_counts.npy").is_file():
         return
-    from training.pipeline import load_run
+    from training.pipeline import load_model, load_run
 
     try:
-        cfg, model = load_run(run_dir)
+        model = load_model(run_dir / "model.pt")
     except (RuntimeError, EOFError, KeyError, ValueError) as e:  # e.g. a model.pt still being written
         raise DataError(f"{run_dir / 'model.pt'}: does not load ({e})") from e
     if not fresh:
@@ -122,7 +122,7 @@ def prepare_run(run_dir: Path) -> None:
         from g2rec.metrics import loo_split
 
         try:
-            data = cfg.data.load()
+            data = load_run(run_dir)[0].data.load()
         except ValueError as e:
             raise DataError(f"{run_dir}: no item_counts.npy, and the run's dataset to count items from "
                             f"does not load ({e})", fix="make the dataset available or copy item_counts.npy "

@@ -1,12 +1,13 @@
-"""Where the model to serve comes from: a ModelSource names the current ModelVersion. Two sources
-today, both over run directories; a model registry plugs in later as a third with the same
-`current()`.
+"""Where the model to serve comes from: a ModelSource names the current ModelVersion.
 
 - RunDirSource(RUN_DIR): the run directory itself. A retrain in place (model.pt replaced) is
   re-exported and becomes the current version.
 - PointerSource(DIR): DIR/current names the run directory to serve: a symlink to it, or a text
   file holding its path (relative to DIR or absolute). Promote a run by replacing `current`
   atomically, e.g. `ln -sfn runs/r2 DIR/current.new && mv -T DIR/current.new DIR/current`.
+- RegistrySource(registry, CACHE): the registry's champion. Its files are copied into
+  CACHE/v<version>/ (model.onnx checked against the sha256 the registry recorded) and served as a
+  run directory; promoting another version is a swap.
 
 `current()` is cheap while nothing changed (a few stat calls); it re-reads, re-exports or
 re-hashes only when a watched file's (inode, size, mtime) moved.
@@ -15,10 +16,14 @@ re-hashes only when a watched file's (inode, size, mtime) moved.
 from __future__ import annotations
 
 import os
+import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
-from g2rec.errors import NotFoundError
+from g2rec.errors import DataError, NotFoundError
+from registry import ModelRegistry, sha256_of
+from registry import ModelVersion as RegisteredVersion
 from serving.run_dir import MANIFEST, ModelVersion, prepare_run, read_version
 
 
@@ -80,3 +85,48 @@ class PointerSource:
         if target not in self._runs:
             self._runs = {target: RunDirSource(target)}  # the previous run is no longer watched
         return self._runs[target].current()
+
+
+class RegistrySource:
+    """The model registry's champion (registry/), served from a local copy in cache_dir."""
+
+    def __init__(self, registry: ModelRegistry, cache_dir: Path):
+        self.registry = registry
+        self.cache_dir = Path(cache_dir)
+        self._runs: dict[int, RunDirSource] = {}
+        self._profile_version: str | None = None
+
+    def current(self) -> ModelVersion:
+        version = self._champion_run()
+        return replace(self._runs[version].current(), profile_version=self._profile_version)
+
+    def run_dir(self) -> Path:
+        """The local run directory of the current champion (for batch scoring)."""
+        return self._runs[self._champion_run()].run_dir
+
+    def _champion_run(self) -> int:
+        champion = self.registry.champion()
+        if champion is None:
+            raise NotFoundError(f"the registry at {self.registry.cfg.tracking_url} has no champion yet",
+                                fix="run `g2rec train-service` until it promotes a version")
+        if champion.version not in self._runs:
+            self._runs = {champion.version: RunDirSource(self._stage(champion))}
+            self._profile_version = str(champion.profile_version)
+        return champion.version
+
+    def _stage(self, champion: RegisteredVersion) -> Path:
+        """CACHE/v<version>/: the version's files, its ONNX graph checked against the registry."""
+        target = self.cache_dir / f"v{champion.version}"
+        if target.is_dir():
+            return target
+        if sha256_of(champion.onnx_path) != champion.onnx_sha256:
+            raise DataError(f"{champion.onnx_path}: sha256 differs from the one registered for version "
+                            f"{champion.version}", fix="re-register the version; its artifact was changed")
+        tmp = self.cache_dir / f".v{champion.version}.{os.getpid()}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        root = champion.onnx_path.parent
+        for name in ("model.pt", "item_ids.npy", "item_counts.npy"):
+            shutil.copy2(root / name, tmp / name)
+        os.replace(tmp, target)
+        return target

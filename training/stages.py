@@ -176,9 +176,11 @@ def train_cycle(data: Interactions, profiles: InterestProfiles | None, champion:
 
 
 def save_trained(out: TrainOutcome, folder: Path, config: dict) -> None:
-    """model.pt, item_ids.npy, config.json, metrics.json and curve.png into `folder`."""
+    """model.pt, item_ids.npy, item_counts.npy, config.json, metrics.json and curve.png into `folder`."""
     save_model(out.model, folder / "model.pt")
     _write(folder / "item_ids.npy", lambda p: np.save(p, out.item_ids))
+    counts = np.bincount(out.split.train.items, minlength=len(out.item_ids))  # (N+1,)
+    _write(folder / "item_counts.npy", lambda p: np.save(p, counts.astype(np.int64)))
     _write(folder / "config.json", lambda p: p.write_text(json.dumps({**config, "model": out.model.cfg.to_dict()},
                                                                          indent=2, default=str)))
     _write(folder / "curve.png", lambda p: plot_curve(out.curve, p))
