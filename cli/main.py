@@ -12,7 +12,7 @@ from cli.errors import TranslatingGroup
 
 # name -> ("module:attribute" of a click command, one line of help shown without importing it).
 COMMANDS = {
-    "demo": ("training.cli:demo", "Run the offline pipeline end to end and show a few users' top-10."),
+    "demo": ("demo.cli:demo", "The streaming system end to end: Kafka, Feast, training, serving, a report."),
     "train": ("training.cli:train", "Train a model and write a run directory."),
     "train-service": ("training.cli:train_service", "Retrain on every new edge snapshot: cluster, publish, train, register."),
     "eval": ("training.cli:evaluate", "Re-evaluate a run directory on validation and test."),

@@ -28,11 +28,12 @@ class InterestSummary:
 
 @dataclass(frozen=True)
 class ProfileChange:
-    """Between two profile versions: how many items (present in both) changed primary interest."""
+    """Between two profile versions: the share of items (present in both) whose primary interest
+    changed, and how many items the newer version has."""
 
     from_version: int
     to_version: int
-    changed: int
+    changed_share: float
     items: int
 
 
@@ -120,9 +121,9 @@ def render_report(data: ReportData) -> str:
         clusters = (f"<p>{len(sizes)} interests, {len(nonempty)} with items; largest {max(sizes)}, "
                     f"median of non-empty {sorted(nonempty)[len(nonempty) // 2] if nonempty else 0}.</p>"
                     + _sizes_chart(sizes))
-    changes = _table(["from version", "to version", "items changed primary interest", "items in both", "share"],
-                     [[str(c.from_version), str(c.to_version), str(c.changed), str(c.items),
-                       f"{c.changed / c.items:.1%}" if c.items else "-"] for c in data.changes]) if data.changes else None
+    changes = _table(["from version", "to version", "items", "changed primary interest"],
+                     [[str(c.from_version), str(c.to_version), str(c.items), f"{c.changed_share:.1%}"]
+                      for c in data.changes]) if data.changes else None
     interests = _table(["interest", "items", "example items"],
                        [[str(i.cluster), str(i.size), ", ".join(i.examples)] for i in data.interests]) if data.interests else None
     live = (f"<p class=\"figure\">{data.live_update_s:.2f} s</p><p>from producing new events for a user on Kafka "

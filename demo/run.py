@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from demo.report import InterestSummary, ProfileChange, ReportData, write_report
 from g2rec.errors import G2RecError, UnavailableError
 from infra.process import alive, free_port
 from infra.process import stop as stop_process
@@ -54,6 +55,8 @@ class DemoConfig:
     live_events: int = 3
     timeout_s: float = 600.0  # the longest wait for any one phase
     synthetic_events: int = 200_000
+    max_events: int | None = None  # replay only the first events (time order)
+    service: dict = field(default_factory=dict)  # overrides of the training service's config (JSON)
 
 
 @dataclass
@@ -222,9 +225,11 @@ class Demo:
         return snap
 
     def train_cycle(self, minutes: float) -> None:
+        from g2rec.config import deep_merge
+
         budget = self.out / "service.json"
-        budget.write_text(json.dumps({"pipeline": {"train": {"max_minutes": minutes}},
-                                      "finetune": {"max_minutes": minutes}}))
+        budget.write_text(json.dumps(deep_merge({"pipeline": {"train": {"max_minutes": minutes}},
+                                                 "finetune": {"max_minutes": minutes}}, self.cfg.service)))
         cmd = self.g2rec("train-service", "--once", "--dataset", self.cfg.dataset, "--model", self.cfg.model,
                          "--work-dir", str(self.out / "train-service"), "--event-log", str(self.event_log),
                          "--store-url", self.store_url, "--bootstrap", self.bootstrap, "--topic", self.topic,
@@ -250,17 +255,22 @@ class Demo:
         _wait(f"the server on {self.server_url}", ready, self.cfg.timeout_s)
         _say(f"serving the champion on {self.server_url}")
 
-    def recommend(self, user: int) -> dict:
-        return _http(f"{self.server_url}/recommend", {"user_id": int(user), "k": 10})
-
-    def show_users(self, users: list[int]) -> None:
-        """Each user's top-10 and the primary interests of their recent items and of the top-10."""
+    @contextmanager
+    def lookup(self):
+        """A FeatureLookup on the demo's feature store."""
         from features.config import StoreConfig
         from features.lookup import FeatureLookup
         from features.store import FeatureRepo
 
         with FeatureRepo(StoreConfig(root=self.features_root, online="sqlite")) as repo:
-            lookup = FeatureLookup(repo)
+            yield FeatureLookup(repo)
+
+    def recommend(self, user: int) -> dict:
+        return _http(f"{self.server_url}/recommend", {"user_id": int(user), "k": 10})
+
+    def show_users(self, users: list[int]) -> None:
+        """Each user's top-10 and the primary interests of their recent items and of the top-10."""
+        with self.lookup() as lookup:
             for u in users:
                 rec = self.recommend(u)
                 recent = lookup.histories([u]).items[0][-5:].tolist()
@@ -293,14 +303,71 @@ class Demo:
         producer.flush()
         producer.close()
         self.sent += len(new)
-        _wait(f"user {user}'s recommendations to change", lambda: self.recommend(user)["items"] != before,
-              self.cfg.timeout_s, every_s=0.05)
+        with self.lookup() as lookup:
+            def changed() -> bool:  # by the new events: they are in the history the server reads
+                seen_now = lookup.histories([user]).items[0][-len(new):].tolist()
+                return seen_now == new and self.recommend(user)["items"] != before
+
+            _wait(f"user {user}'s recommendations to change", changed, self.cfg.timeout_s, every_s=0.05)
         seconds = time.perf_counter() - t0
         _say(f"live: {len(new)} new events for user {user} changed its recommendations after {seconds:.2f} s")
         return seconds
 
     def served_version(self) -> str:
-        return str(_http(f"{self.server_url}/health").get("model_version"))
+        return str(_http(f"{self.server_url}/ready").get("model_version"))
+
+
+def stage_lines(log_path: Path) -> list[dict]:
+    """The training service's JSON stage lines (training/observe.py) from its log."""
+    out = []
+    for line in log_path.read_text(errors="replace").splitlines() if log_path.is_file() else []:
+        if line.startswith("{") and '"stage"' in line:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def collect_report(demo: Demo) -> ReportData:
+    """The report from what the run left: registry versions, cycle folders, stage lines, timings."""
+    from registry import ModelRegistry, RegistryConfig
+
+    reg = ModelRegistry(RegistryConfig(tracking_url=demo.tracking_url))
+    metrics, curves = {}, {}
+    for v in reg.versions():
+        m = v.metrics
+        metrics[f"v{v.version} (held-out latest event)"] = m["gate"]
+        if "champion_gate" in m:
+            metrics[f"v{v.version}: champion before it"] = m["champion_gate"]
+        curves[f"v{v.version}"] = m.get("curve", [])
+    profiles = sorted((demo.out / "train-service").glob("**/profiles.npz"), key=lambda p: p.stat().st_mtime)
+    sizes, interests, changes = [], [], []
+    if profiles:
+        with np.load(profiles[-1]) as z:
+            primary, item_ids, k = z["clusters"][1:, 0], z["item_ids"][1:], int(z["n_clusters"])
+        counts = np.bincount(primary, minlength=k)
+        sizes = counts.tolist()
+        interests = [InterestSummary(int(c), int(counts[c]), [str(i) for i in item_ids[primary == c][:6].tolist()])
+                     for c in np.argsort(-counts, kind="stable")[:8]]
+    lines = stage_lines(demo.out / "train-service.log")
+    published = [line.get("version") for line in lines if line["stage"] == "publish" and line.get("ok")]
+    reclustered = [line for line in lines if line["stage"] == "recluster" and line.get("ok")]
+    for before, after, line in zip(published, published[1:], reclustered[1:]):
+        changes.append(ProfileChange(before, after, float(line.get("changed_primary_share") or 0.0), int(line.get("items", 0))))
+    return ReportData(
+        title=f"g2rec demo: {demo.result.source}",
+        metrics=metrics, curves=curves, cluster_sizes=sizes, interests=interests,
+        changes=changes,
+        live_update_s=demo.result.live_update_s, phases=demo.result.phases)
+
+
+def print_metrics(data: ReportData) -> None:
+    names = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
+    head = f"{'model':<40}" + "".join(f"{n:>11}" for n in names)
+    print(head + "\n" + "-" * len(head))
+    for label, row in data.metrics.items():
+        print(f"{label:<40}" + "".join(f"{row.get(n, float('nan')):>11.4f}" for n in names))
 
 
 def run_demo(cfg: DemoConfig) -> DemoResult:
@@ -311,6 +378,9 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     try:
         with _phase(res, "load data"):
             events = load_events(cfg)
+            if cfg.max_events is not None:
+                events = type(events)(events.users[:cfg.max_events], events.items[:cfg.max_events],
+                                      events.times[:cfg.max_events], events.source)
             res.source = events.source
             first = int(len(events.users) * cfg.first_share)
             _say(f"{len(events.users)} events from {events.source}; {first} before the first snapshot")
@@ -346,6 +416,11 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
                 res.hot_swap_ok = False
             res.swap = {"from": v1, "to": demo.served_version()}
             _say(f"hot swap {'done' if res.hot_swap_ok else 'NOT seen'}: {res.swap}")
+        with _phase(res, "report"):
+            data = collect_report(demo)
+            res.metrics = data.metrics
+            print_metrics(data)
+            _say(f"report: {write_report(data, demo.out / 'report.html')}")
     finally:
         res.processes_left = demo.procs.stop_all()
         signal.signal(signal.SIGTERM, previous)

@@ -91,35 +91,6 @@ def evaluate(run_dir):
     click.echo(metrics_table(rows))
 
 
-@click.command()
-@click.option("--dataset", default="beauty", show_default=True)
-@click.option("--models", default="items,g2rec", show_default=True, help="comma-separated: items, g2rec")
-@click.option("--minutes", type=float, default=None, help="wall-clock cap on each model's training")
-@click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
-def demo(dataset, models, minutes, out):
-    """The offline pipeline end to end: load, (cluster,) train, evaluate, show a few users' top-10."""
-    import torch
-
-    from g2rec.ranking import exclude_seen, pad_left, top_k
-
-    rows, res = {}, None
-    for model in [m.strip() for m in models.split(",") if m.strip()]:
-        cfg = _config(dataset, None, None, model, None, None, 0, minutes)
-        click.echo(f"g2rec demo: dataset {dataset}, model {model} -> {out}/{model}")
-        res = run(cfg, Path(out) / model)
-        rows[f"{model} (test)"] = res.metrics["test"]
-    click.echo(metrics_table(rows))
-    split, model = res.split, res.model
-    hist = split.inputs("test")[:3]
-    with torch.no_grad():
-        scores = model.score(torch.from_numpy(pad_left(hist, model.cfg.max_len))).numpy()
-    exclude_seen(scores, hist)
-    top, _ = top_k(scores, 10)
-    ids = split.full.item_ids
-    for row, u in enumerate(split.users[:3]):
-        click.echo(f"user {split.full.user_ids[u]} ({model.cfg.mode}): recent {ids[hist[row][-5:]].tolist()} -> top-10 {ids[top[row]].tolist()}")
-
-
 FAULT_ENV = "G2REC_TRAIN_FAULT"  # test-only: SIGKILL the service in the middle of this stage
 
 

@@ -235,7 +235,8 @@ class TrainService:
                 self._fault("recluster")
                 stages.save_profiles(rec.profiles, folder / "profiles.npz")
                 info.update(warm=rec.warm, iterations=rec.report.iterations, seconds=rec.report.seconds,
-                            modularity=rec.report.modularity, changed_primary_share=rec.changed_share)
+                            modularity=rec.report.modularity, changed_primary_share=rec.changed_share,
+                            items=int(snap.n_items))
             c = self.journal.advance(c, "clustered", resolution=rec.report.resolution)
         if c.stage == "clustered":
             with stage_log(self.metrics, "publish", c.key) as info:

@@ -24,7 +24,7 @@ def full_report() -> ReportData:
         metrics={"g2rec (valid)": {"ndcg@10": 0.05, "recall@10": 0.09}, "g2rec (test)": {"ndcg@10": 0.04, "recall@10": 0.08}},
         curves={"g2rec": curve, "items": curve[:3]},
         cluster_sizes=rng.integers(0, 50, 64).tolist(),
-        changes=[ProfileChange(1, 2, 12, 400)],
+        changes=[ProfileChange(1, 2, 0.03, 400)],
         interests=[InterestSummary(3, 49, ["B00A", "B00B"])],
         live_update_s=1.25,
         phases={"replay": 10.0, "train": 30.5},
