@@ -196,7 +196,7 @@ class G2RecModel(nn.Module):
         L = tok.kind.shape[1]
         idx = torch.arange(L, device=tok.kind.device)
         tail = idx >= L - n_tail  # (L,)
-        x = self._embed(tok, tail)
+        x = self._embed(tok, self._positions(tok, tail))
         mask = self._attn_mask(tok.kind != PAD, tail)
         for block in self.blocks:
             x = block(x, mask)
@@ -212,18 +212,22 @@ class G2RecModel(nn.Module):
         # A padding query still attends to itself so no softmax row is empty.
         return (causal & (valid.unsqueeze(1) | eye)).unsqueeze(1)
 
-    def _embed(self, tok: TokenBatch, tail: torch.Tensor) -> torch.Tensor:
-        """Tokens (B, L), tail (L,) bool: the tail's alternatives -> input vectors (B, L, C)."""
+    def _positions(self, tok: TokenBatch, tail: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, L), tail (L,) bool: the tail's alternatives -> each token's pair index (B, L)."""
+        if self.cfg.positions == "end":
+            return tok.pos
+        # Each pair opens with its interest token (g2rec) or is a single item token (items).
+        opens = (tok.kind == (INTEREST if self.cfg.mode == "g2rec" else ITEM)) & ~tail
+        return (opens.long().cumsum(1) - 1 + tail.long()).clamp(min=0)
+
+    def _embed(self, tok: TokenBatch, pos: torch.Tensor, soft: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens (B, L) at pair indices pos (B, L) -> input vectors (B, L, C). soft (B, L, C): the
+        interest tokens' vectors when the caller has them already (else from tok.clusters, weights)."""
         x = self.item_vectors(tok.item) * (tok.kind == ITEM).unsqueeze(-1)  # (B, L, C)
         if self.cfg.mode == "g2rec":
-            soft = (self.cluster_emb(tok.clusters) * tok.weights.unsqueeze(-1)).sum(2)  # (B, L, C)
+            if soft is None:
+                soft = (self.cluster_emb(tok.clusters) * tok.weights.unsqueeze(-1)).sum(2)  # (B, L, C)
             x = x + soft * (tok.kind == INTEREST).unsqueeze(-1)
-        if self.cfg.positions == "start":
-            # Each pair opens with its interest token (g2rec) or is a single item token (items).
-            opens = (tok.kind == (INTEREST if self.cfg.mode == "g2rec" else ITEM)) & ~tail
-            pos = (opens.long().cumsum(1) - 1 + tail.long()).clamp(min=0)
-        else:
-            pos = tok.pos
         x = x + self.pos_emb(pos.clamp(max=self.cfg.max_len)) + self.kind_emb(tok.kind)
         return self.drop(self.ln_in(x))
 
@@ -345,7 +349,9 @@ class G2RecModel(nn.Module):
         Bk = top_k.shape[1]
         full = append_interests(tok, top_k)
         L = full.kind.shape[1]
-        x_tail = self._embed(full, torch.arange(L, device=h.device) >= L - Bk)[:, -Bk:]  # (B, Bk, C)
+        pos = self._positions(full, torch.arange(L, device=h.device) >= L - Bk)[:, -Bk:]
+        x_tail = self._embed(TokenBatch(*(t[:, -Bk:] for t in (full.kind, full.item, full.clusters, full.weights,
+                                                               full.pos))), pos)  # (B, Bk, C)
         h2 = self._encode_tail(x_tail, cache, tok.kind != PAD)  # (B, Bk, C)
         prior = F.softmax(top_v, dim=-1)  # renormalised over the top-B
         w = self.cfg.direct_weight
@@ -359,7 +365,12 @@ class G2RecModel(nn.Module):
         each; the last layer's attention, projection and MLP run for the last token only."""
         L = tok.kind.shape[1]
         no_tail = torch.zeros(L, dtype=torch.bool, device=tok.kind.device)
-        x = self._embed(tok, no_tail)
+        # An interest token built by interleave is its item's profile: one (N+1, C) table lookup,
+        # not a (B, L, rho, C) gather and sum (onnxruntime folds the table into a constant).
+        soft = None
+        if self.cfg.mode == "g2rec":
+            soft = (self.cluster_emb(self.prof_clusters) * self.prof_weights.unsqueeze(-1)).sum(1)[tok.item]
+        x = self._embed(tok, self._positions(tok, no_tail), soft)
         mask = self._attn_mask(tok.kind != PAD, no_tail)
         cache = []
         for i, block in enumerate(self.blocks):
