@@ -2,8 +2,9 @@
 
 1. batch_1000_ms: 1,000 users (histories of 3-50 items) scored by a randomly initialised G2Rec model
    of Beauty's size (12,101 items, 128-d, 2 layers, K=256, rho=4, B=4; timing does not depend on
-   training) through the serving path (top-k graph, length-sorted chunks), beside the dense
-   reference graph + numpy, and eager PyTorch;
+   training) through the serving path (top-k graph, length-sorted chunks), interleaved with the
+   previous top-k graph (log-space, second pass over the whole history) in the same process; beside
+   the dense reference graph + numpy, and eager PyTorch;
 2. http_*: a real `g2rec serve` on loopback, 16 concurrent keep-alive clients for a bounded time;
    single-user /recommend latency and requests/s, then /recommend/batch users/s;
 3. swap_*: 3 swaps of the served run (`--watch DIR`, the `current` symlink flipped) under that
@@ -219,6 +220,21 @@ def histories(n: int, n_items: int, seed: int = 0) -> list[list[int]]:
     return [rng.integers(1, n_items + 1, size=rng.integers(3, 51)).tolist() for _ in range(n)]
 
 
+def _side_by_side_ms(fs: dict, reps: int) -> dict[str, list[float]]:
+    """Each callable once to warm, then `reps` rounds, each calling all of them in a rotated order
+    (none always first on a machine whose load drifts) -> name -> milliseconds per round."""
+    names = list(fs)
+    for f in fs.values():
+        f()
+    out = {n: [] for n in names}
+    for r in range(reps):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            t0 = time.perf_counter()
+            fs[n]()
+            out[n].append(1000 * (time.perf_counter() - t0))
+    return out
+
+
 def _best_ms(f, reps: int) -> float:
     f()  # warm
     times = []
@@ -237,24 +253,50 @@ def scoring_figures(run_dir: Path, threads: int, reps: int) -> dict:
     from training.pipeline import load_run
 
     rec = open_run(RunConfig(run_dir, threads=threads))
+    previous = previous_graph(run_dir, rec, threads)
     users = histories(1000, rec.n_items)
     one = users[:1]
-    singles = []
-    for h in histories(300, rec.n_items, seed=1):
-        t0 = time.perf_counter()
-        rec.recommend([h], 10)
-        singles.append(time.perf_counter() - t0)
+    other = 2 if threads == 1 else 1
+    rec_other = open_run(RunConfig(run_dir, threads=other))
+    batch = _side_by_side_ms({"served": lambda: rec.recommend(users, 10),
+                              "previous": lambda: previous.recommend(users, 10),
+                              f"served_{other}_threads": lambda: rec_other.recommend(users, 10)}, reps)
+    single_users = histories(300, rec.n_items, seed=1)
+    singles = {n: [] for n in ("served", "previous")}
+    for h in single_users:  # one user at a time, the two graphs alternating
+        for n, r in (("served", rec), ("previous", previous)):
+            t0 = time.perf_counter()
+            r.recommend([h], 10)
+            singles[n].append(1000 * (time.perf_counter() - t0))
     _, model = load_run(run_dir)
     torch.set_num_threads(threads)
     padded = torch.from_numpy(pad_left([np.asarray(h) for h in users], 50))
     return {
-        "batch_1000_ms": _best_ms(lambda: rec.recommend(users, 10), reps),
+        "batch_1000_ms": float(np.median(batch["served"])),
+        "batch_1000_ms_previous_graph": float(np.median(batch["previous"])),
+        f"batch_1000_ms_{other}_threads": float(np.median(batch[f"served_{other}_threads"])),
+        "batch_1000_ms_rounds": batch,
         "batch_1000_ms_dense_reference": _best_ms(lambda: rec.recommend_reference(users, 10), 1),
         "batch_1000_ms_eager": _best_ms(lambda: model.score(padded), 1),
-        "single_user_p50_ms": 1000 * float(np.percentile(singles, 50)),
-        "single_user_p99_ms": 1000 * float(np.percentile(singles, 99)),
+        "single_user_p50_ms": float(np.percentile(singles["served"], 50)),
+        "single_user_p99_ms": float(np.percentile(singles["served"], 99)),
+        "single_user_p50_ms_previous_graph": float(np.percentile(singles["previous"], 50)),
+        "single_user_p99_ms_previous_graph": float(np.percentile(singles["previous"], 99)),
         "single_user_ms_reference": _best_ms(lambda: rec.recommend_reference(one, 10), reps),
     }
+
+
+def previous_graph(run_dir: Path, rec, threads: int):
+    """The same run served by the previous top-k graph (the dense log-space graph + exclusion and
+    top-k: a second pass over the whole history for the interest tails, logsumexp over (B, Bk, N+1))."""
+    from serving.recommender import Recommender
+    from serving.scorer import OnnxScorer, ScorerConfig
+    from training.export import export_topk
+
+    path = export_topk(run_dir / "model.onnx", run_dir / "model.topk.previous.onnx", probs=False)
+    scorer = OnnxScorer(ScorerConfig(str(run_dir / "model.onnx"), str(path), max_len=rec.max_len, threads=threads),
+                        version=rec.version)
+    return Recommender(scorer, rec.item_ids, np.load(run_dir / "item_counts.npy"))
 
 
 def batch_job(run_dir: Path, scratch: Path, n_users: int, workers: int) -> dict:
@@ -283,14 +325,17 @@ def batch_job(run_dir: Path, scratch: Path, n_users: int, workers: int) -> dict:
 
 
 @click.command()
-@click.option("--threads", type=int, default=2, show_default=True, help="onnxruntime / torch threads")
-@click.option("--reps", type=int, default=3, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="onnxruntime / torch threads (1: the serving default, fastest on the shared 2-core machine)")
+@click.option("--reps", type=int, default=5, show_default=True)
 @click.option("--seconds", type=float, default=15.0, show_default=True, help="each HTTP load phase")
 @click.option("--clients", type=int, default=16, show_default=True)
 @click.option("--batch-users", type=int, default=10_000, show_default=True, help="users of the --all job")
 @click.option("--workers", type=int, default=2, show_default=True, help="processes of the --all job")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=REPO / "bench/results/serve.json")
-def command(threads, reps, seconds, clients, batch_users, workers, out):
+@click.option("--scoring-only", is_flag=True,
+              help="rerun only the in-process scoring figures (1.) and keep the other keys of --out")
+def command(threads, reps, seconds, clients, batch_users, workers, out, scoring_only):
     """Scoring, HTTP, hot-swap and batch-scoring figures of the serving stack -> bench/results/serve.json."""
     import tempfile
 
@@ -298,6 +343,14 @@ def command(threads, reps, seconds, clients, batch_users, workers, out):
 
     with tempfile.TemporaryDirectory(prefix="g2rec-bench-serve-") as tmp:
         tmp = Path(tmp)
+        if scoring_only:
+            result = json.loads(out.read_text())
+            result.update(scoring_figures(beauty_sized_run(tmp / "run-a", 0), threads, reps))
+            result["scoring_threads"] = threads
+            result["rerun"] = "scoring figures only (batch_1000_*, single_user_*); the other keys are an earlier run's"
+            out.write_text(json.dumps(result, indent=2) + "\n")
+            click.echo(json.dumps(result, indent=2))
+            return
         runs = [beauty_sized_run(tmp / "run-a", 0), beauty_sized_run(tmp / "run-b", 1)]
         result = {"hardware": HARDWARE, "machine": platform.machine(), "cpus": os.cpu_count(),
                   "model": "G2Rec, random init, Beauty-sized: 12,101 items, d 128, 2 layers, K 256, rho 4, B 4, "

@@ -79,12 +79,20 @@ class SelfAttention(nn.Module):
         self.dropout = cfg.dropout
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, L, C) -> q, k, v, each (B, H, L, D)."""
         B, L, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (t.view(B, L, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, H, L, D)
+        return tuple(t.view(B, L, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """q (B, H, Lq, D), k and v (B, H, Lk, D), mask (B, 1, Lq, Lk) -> (B, Lq, C)."""
+        B, H, Lq, D = q.shape
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, L, C)))
+        return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, Lq, H * D)))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.attend(*self.heads(x), mask)
 
 
 class Block(nn.Module):
@@ -185,30 +193,43 @@ class G2RecModel(nn.Module):
         """Tokens -> hidden states (B, L, C). The last n_tail tokens are alternatives for one next
         position: each sees every token before the tail and itself, never a sibling, and all share
         the first one's position, so one pass does the work of n_tail passes over the history."""
-        B, L = tok.kind.shape
+        L = tok.kind.shape[1]
         idx = torch.arange(L, device=tok.kind.device)
         tail = idx >= L - n_tail  # (L,)
-        x = self.item_vectors(tok.item) * (tok.kind == ITEM).unsqueeze(-1)  # (B, L, C)
-        if self.cfg.mode == "g2rec":
-            soft = (self.cluster_emb(tok.clusters) * tok.weights.unsqueeze(-1)).sum(2)  # (B, L, C)
-            x = x + soft * (tok.kind == INTEREST).unsqueeze(-1)
-        if self.cfg.positions == "start":
-            # Each pair opens with its interest token (g2rec) or is a single item token (items).
-            opens = (tok.kind == (INTEREST if self.cfg.mode == "g2rec" else ITEM)) & ~tail
-            pos = (opens.long().cumsum(1) - 1 + tail.long()).clamp(min=0)
-        else:
-            pos = tok.pos
-        x = x + self.pos_emb(pos.clamp(max=self.cfg.max_len)) + self.kind_emb(tok.kind)
-        x = self.drop(self.ln_in(x))
-        valid = tok.kind != PAD  # (B, L)
-        q, k = idx.unsqueeze(1), idx.unsqueeze(0)
-        eye = q == k
-        causal = (k <= q) & (eye | ~tail.unsqueeze(0))  # (L, L): no key is a sibling in the tail
-        # A padding query still attends to itself so no softmax row is empty.
-        mask = (causal & (valid.unsqueeze(1) | eye)).unsqueeze(1)  # (B, 1, L, L)
+        x = self._embed(tok, self._positions(tok, tail))
+        mask = self._attn_mask(tok.kind != PAD, tail)
         for block in self.blocks:
             x = block(x, mask)
         return self.ln_f(x)
+
+    @staticmethod
+    def _attn_mask(valid: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
+        """valid (B, L), tail (L,) -> (B, 1, L, L) causal mask; no key is a sibling in the tail."""
+        idx = torch.arange(tail.shape[0], device=tail.device)
+        q, k = idx.unsqueeze(1), idx.unsqueeze(0)
+        eye = q == k
+        causal = (k <= q) & (eye | ~tail.unsqueeze(0))  # (L, L)
+        # A padding query still attends to itself so no softmax row is empty.
+        return (causal & (valid.unsqueeze(1) | eye)).unsqueeze(1)
+
+    def _positions(self, tok: TokenBatch, tail: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, L), tail (L,) bool: the tail's alternatives -> each token's pair index (B, L)."""
+        if self.cfg.positions == "end":
+            return tok.pos
+        # Each pair opens with its interest token (g2rec) or is a single item token (items).
+        opens = (tok.kind == (INTEREST if self.cfg.mode == "g2rec" else ITEM)) & ~tail
+        return (opens.long().cumsum(1) - 1 + tail.long()).clamp(min=0)
+
+    def _embed(self, tok: TokenBatch, pos: torch.Tensor, soft: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens (B, L) at pair indices pos (B, L) -> input vectors (B, L, C). soft (B, L, C): the
+        interest tokens' vectors when the caller has them already (else from tok.clusters, weights)."""
+        x = self.item_vectors(tok.item) * (tok.kind == ITEM).unsqueeze(-1)  # (B, L, C)
+        if self.cfg.mode == "g2rec":
+            if soft is None:
+                soft = (self.cluster_emb(tok.clusters) * tok.weights.unsqueeze(-1)).sum(2)  # (B, L, C)
+            x = x + soft * (tok.kind == INTEREST).unsqueeze(-1)
+        x = x + self.pos_emb(pos.clamp(max=self.cfg.max_len)) + self.kind_emb(tok.kind)
+        return self.drop(self.ln_in(x))
 
     def item_logits(self, h: torch.Tensor) -> torch.Tensor:
         """(P, C) -> (P, N+1); the padding item never wins."""
@@ -309,6 +330,76 @@ class G2RecModel(nn.Module):
         item_logp = F.log_softmax(self.item_logits(h2), dim=-1)  # (B, Bk, N+1)
         via_interest = torch.logsumexp(prior.unsqueeze(-1) + item_logp, dim=1)  # (B, N+1)
         return via_interest, F.log_softmax(self.item_logits(h), dim=-1)
+
+    # ---- served inference: score's numbers, cheaper -------------------------------------------
+    @torch.no_grad()
+    def score_probs(self, history: torch.Tensor) -> torch.Tensor:
+        """history (B, T) -> (B, N+1) exp(score(history)), column 0 (padding) = 0: the graph serving
+        exports. One pass over the history keeps each layer's keys and values and runs the last
+        layer for the last token only; the top-B interest tails then attend to those cached keys
+        (no second pass over the history); the mixture is summed in probability space (one softmax
+        over the 1+B query rows, no logsumexp over (B, Bk, N+1)). An item whose probability is
+        below float32's smallest (about 1e-45) is 0 here, where `score` keeps a finite log."""
+        if self.cfg.mode == "items":
+            h, _ = self._encode_cached(self._item_tokens(history))
+            return self._mixed_probs(h.unsqueeze(1), torch.ones_like(h[:, :1]))
+        tok = interleave(history, self.prof_clusters, self.prof_weights, last_pos=1)
+        h, cache = self._encode_cached(tok)  # (B, C)
+        top_v, top_k = self._top_interests(h)  # (B, Bk)
+        Bk = top_k.shape[1]
+        full = append_interests(tok, top_k)
+        L = full.kind.shape[1]
+        pos = self._positions(full, torch.arange(L, device=h.device) >= L - Bk)[:, -Bk:]
+        x_tail = self._embed(TokenBatch(*(t[:, -Bk:] for t in (full.kind, full.item, full.clusters, full.weights,
+                                                               full.pos))), pos)  # (B, Bk, C)
+        h2 = self._encode_tail(x_tail, cache, tok.kind != PAD)  # (B, Bk, C)
+        prior = F.softmax(top_v, dim=-1)  # renormalised over the top-B
+        w = self.cfg.direct_weight
+        if w <= 0:
+            return self._mixed_probs(h2, prior)
+        return self._mixed_probs(torch.cat([h.unsqueeze(1), h2], 1), torch.cat([torch.full_like(prior[:, :1], w),
+                                                                                (1 - w) * prior], 1))
+
+    def _encode_cached(self, tok: TokenBatch) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Tokens (B, L) -> encode(tok)[:, -1] (B, C) and each layer's keys and values, (B, H, L, D)
+        each; the last layer's attention, projection and MLP run for the last token only."""
+        L = tok.kind.shape[1]
+        no_tail = torch.zeros(L, dtype=torch.bool, device=tok.kind.device)
+        # An interest token built by interleave is its item's profile: one (N+1, C) table lookup,
+        # not a (B, L, rho, C) gather and sum (onnxruntime folds the table into a constant).
+        soft = None
+        if self.cfg.mode == "g2rec":
+            soft = (self.cluster_emb(self.prof_clusters) * self.prof_weights.unsqueeze(-1)).sum(1)[tok.item]
+        x = self._embed(tok, self._positions(tok, no_tail), soft)
+        mask = self._attn_mask(tok.kind != PAD, no_tail)
+        cache = []
+        for i, block in enumerate(self.blocks):
+            q, k, v = block.attn.heads(block.ln1(x))
+            cache.append((k, v))
+            if i == len(self.blocks) - 1:
+                q, mask, x = q[:, :, -1:], mask[:, :, -1:], x[:, -1:]
+            x = x + block.attn.attend(q, k, v, mask)
+            x = x + block.mlp(block.ln2(x))
+        return self.ln_f(x[:, -1]), cache
+
+    def _encode_tail(self, x: torch.Tensor, cache: list[tuple[torch.Tensor, torch.Tensor]],
+                     valid: torch.Tensor) -> torch.Tensor:
+        """Embedded tail tokens x (B, m, C) after a cached history (valid (B, L)) -> (B, m, C), as
+        encode(..., n_tail=m) gives them: each sees the valid history tokens and itself."""
+        B, m, _ = x.shape
+        eye = torch.eye(m, dtype=torch.bool, device=x.device).expand(B, m, m)
+        mask = torch.cat([valid.unsqueeze(1).expand(B, m, valid.shape[1]), eye], 2).unsqueeze(1)  # (B, 1, m, L+m)
+        for block, (k_hist, v_hist) in zip(self.blocks, cache):
+            q, k, v = block.attn.heads(block.ln1(x))
+            x = x + block.attn.attend(q, torch.cat([k_hist, k], 2), torch.cat([v_hist, v], 2), mask)
+            x = x + block.mlp(block.ln2(x))
+        return self.ln_f(x)
+
+    def _mixed_probs(self, queries: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """queries (B, Q, C), weights (B, Q) -> (B, N+1): sum over q of weights[q] times the softmax
+        of queries[q] over the items 1..N; column 0 (padding) = 0."""
+        p = F.softmax(queries @ self.all_item_vectors()[1:].t(), dim=-1)  # (B, Q, N)
+        return F.pad((weights.unsqueeze(1) @ p).squeeze(1), (1, 0))
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
         """The exported inference graph: (B, T) -> (B, N+1) scores."""

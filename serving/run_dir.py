@@ -4,13 +4,15 @@ Serving reads, without importing training:
   serving.json       the manifest: which model.pt (sha256) the ONNX graphs were exported from, each
                      graph's sha256, max_len and the profile version; written last, atomically
   model.onnx         the dense scoring graph (the reference path)
-  model.topk.onnx    the same graph with exclusion and top-k inside (the fast path)
+  model.topk.onnx    the served graph: the same scores by G2RecModel.score_probs (cached interest
+                     tails, mixture in probability space), exclusion and top-k inside (the fast path);
+                     the manifest's `topk_graph` names how it was built (TOPK_GRAPH)
   model_config.json  the model's config
   item_ids.npy       (N+1,) original item ids of the dense ids (int, or str as object dtype)
   item_counts.npy    (N+1,) training interaction counts per dense id: the popularity fallback
 
-`prepare_run` exports (again) whenever the manifest is missing or names another model.pt than the
-one in the directory, so a run retrained in place never keeps serving its stale graphs; `read_version`
+`prepare_run` exports (again) whenever the manifest is missing, names another model.pt than the
+one in the directory or another top-k graph kind than TOPK_GRAPH, so a run retrained in place never keeps serving its stale graphs; `read_version`
 checks each graph against the manifest's sha256 before anything loads it.
 """
 
@@ -30,6 +32,9 @@ from serving.scorer import OnnxScorer, ScorerConfig
 
 MANIFEST = "serving.json"
 DENSE, TOPK = "model.onnx", "model.topk.onnx"
+# How model.topk.onnx is built; a manifest naming another kind (or none: the log-space graph of
+# before) is re-exported, so served runs pick up a cheaper graph without retraining.
+TOPK_GRAPH = "probs-cached-tails-v1"
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,8 @@ def prepare_run(run_dir: Path) -> None:
         raise NotFoundError(f"{run_dir}: not a run directory (no model.pt)", fix="train one with `g2rec train`")
     manifest = read_manifest(run_dir)
     model_sha = sha256(run_dir / "model.pt")
-    fresh = manifest is not None and manifest.get("model_sha256") == model_sha
+    fresh = manifest is not None and manifest.get("model_sha256") == model_sha \
+        and manifest.get("topk_graph") == TOPK_GRAPH
     if fresh and (run_dir / "item_counts.npy").is_file():
         return
     from training.pipeline import load_model, load_run
@@ -107,8 +113,11 @@ def prepare_run(run_dir: Path) -> None:
         # graphs or the new ones, and the manifest (written last) names the new ones only once
         # both are in place.
         tmp_dense, tmp_topk = run_dir / f".{DENSE}.{os.getpid()}.tmp", run_dir / f".{TOPK}.{os.getpid()}.tmp"
+        tmp_probs = run_dir / f".model.probs.onnx.{os.getpid()}.tmp"
         export_onnx(model, tmp_dense)
-        export_topk(tmp_dense, tmp_topk)
+        export_onnx(model, tmp_probs, probs=True)
+        export_topk(tmp_probs, tmp_topk)
+        tmp_probs.unlink()
         os.replace(tmp_dense, run_dir / DENSE)
         os.replace(tmp_topk, run_dir / TOPK)
         _write_atomic(run_dir / "model_config.json", json.dumps(model.cfg.to_dict()).encode())
@@ -116,7 +125,8 @@ def prepare_run(run_dir: Path) -> None:
         profile_version = str(int(np.load(profiles)["version"])) if profiles.is_file() else None
         _write_atomic(run_dir / MANIFEST, json.dumps({
             "model_sha256": model_sha, "onnx": DENSE, "onnx_sha256": sha256(run_dir / DENSE),
-            "topk_onnx": TOPK, "topk_onnx_sha256": sha256(run_dir / TOPK), "max_len": model.cfg.max_len,
+            "topk_onnx": TOPK, "topk_onnx_sha256": sha256(run_dir / TOPK), "topk_graph": TOPK_GRAPH,
+            "max_len": model.cfg.max_len,
             "profile_version": profile_version}, indent=2).encode())
     if not (run_dir / "item_counts.npy").is_file():
         from g2rec.metrics import loo_split

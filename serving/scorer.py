@@ -3,11 +3,12 @@
 Two paths over one model (training/export.py writes both graphs):
 - `scores` / `recommend_reference`: the dense graph's (B, N+1) scores, then exclusion and top-k in
   numpy (g2rec.ranking): the reference;
-- `recommend`: the top-k graph, exclusion and top-k inside onnxruntime, users sorted by history
-  length and scored in chunks of `chunk` users each padded to its own longest history (a batch
-  padded to its single longest history costs up to max_len/mean-length times the work, and
-  smaller chunks keep the (chunk, B, N+1) intermediates in cache). A parity test holds the two
-  together.
+- `recommend`: the top-k graph (the same scores by G2RecModel.score_probs: cached keys for the
+  interest tails, the mixture in probability space), exclusion and top-k inside onnxruntime,
+  users sorted by history length and scored in chunks of `chunk` users each padded to its own
+  longest history (a batch padded to its single longest history costs up to max_len/mean-length
+  times the work, and smaller chunks keep the (chunk, B, N+1) intermediates in cache). Parity
+  tests hold the two together.
 """
 
 from __future__ import annotations

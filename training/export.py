@@ -2,10 +2,13 @@
 check that onnxruntime reproduces the eager scores (the gate before a model is registered).
 
 Two graphs, both served by serving/scorer.py:
-  model.onnx       history -> dense scores (B, N+1): the reference path;
+  model.onnx       history -> dense scores (B, N+1) (G2RecModel.score): the reference path;
   model.topk.onnx  history, exclude, k -> the k best items and their scores, the excluded items
-                   (and padding) at -inf inside the graph: the fast path. It is model.onnx with
-                   ScatterElements + TopK appended, so both share one scoring subgraph.
+                   (and padding) at -inf inside the graph: the fast path. It is the probability
+                   graph (G2RecModel.score_probs: the same numbers as exp(score), with the cached
+                   interest tails and the mixture in probability space) with ScatterElements +
+                   TopK + Log appended; `export_topk(..., probs=False)` appends them to model.onnx
+                   instead (the previous fast path, kept for the benchmark's side-by-side run).
 """
 
 from __future__ import annotations
@@ -21,13 +24,24 @@ from g2rec.model import G2RecModel
 from g2rec.ranking import pad_left, top_k
 
 
-def export_onnx(model: G2RecModel, path: Path) -> Path:
-    """history (B, T) int64, left-padded, 1 <= T <= max_len -> scores (B, N+1) float32 log-probs."""
+class _Probs(torch.nn.Module):
+    def __init__(self, model: G2RecModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, history: torch.Tensor) -> torch.Tensor:
+        return self.model.score_probs(history)
+
+
+def export_onnx(model: G2RecModel, path: Path, probs: bool = False) -> Path:
+    """history (B, T) int64, left-padded, 1 <= T <= max_len -> scores (B, N+1) float32 log-probs;
+    with probs, `probs` (B, N+1) = exp(scores) by G2RecModel.score_probs (padding 0)."""
     model = model.eval()
     example = torch.ones(2, min(4, model.cfg.max_len), dtype=torch.long)
     dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("length", min=1, max=model.cfg.max_len)}
     program = torch.onnx.export(
-        model, (example,), dynamo=True, input_names=["history"], output_names=["scores"],
+        _Probs(model).eval() if probs else model, (example,), dynamo=True, input_names=["history"],
+        output_names=["probs" if probs else "scores"],
         dynamic_shapes={"history": dims}, verbose=False,
     )
     path = Path(path)
@@ -36,23 +50,28 @@ def export_onnx(model: G2RecModel, path: Path) -> Path:
     return path
 
 
-def export_topk(dense: Path, path: Path) -> Path:
-    """The dense graph at `dense` + in-graph exclusion and top-k, saved at `path`:
-    history (B, T) int64, exclude (B, E) int64 (dense ids to drop; 0 pads, and padding is always
-    dropped), k (1,) int64 with 1 <= k <= N+1 -> items (B, k) int64 best first, scores (B, k)
-    float32; excluded items come last at -inf when fewer than k remain."""
+def export_topk(dense: Path, path: Path, probs: bool = True) -> Path:
+    """The graph at `dense` (export_onnx's, `probs` as there) + in-graph exclusion and top-k, saved
+    at `path`: history (B, T) int64, exclude (B, E) int64 (dense ids to drop; 0 pads, and padding is
+    always dropped), k (1,) int64 with 1 <= k <= N+1 -> items (B, k) int64 best first, scores (B, k)
+    float32 log-probabilities; excluded items come last at -inf when fewer than k remain (from a
+    probability graph, so do items whose probability underflows to 0)."""
     import onnx
     from onnx import TensorProto, helper
 
     m = onnx.load(str(dense))
     g = m.graph
-    (scores,) = [o for o in g.output if o.name == "scores"]
-    g.output.remove(scores)
+    (out,) = [o for o in g.output if o.name == ("probs" if probs else "scores")]
+    g.output.remove(out)
+    # Excluded entries are set to `drop`, below every real value: -inf on log-probabilities, -1 on
+    # probabilities (whose top-k values are then logged, and the dropped ones put back at -inf).
+    drop = -1.0 if probs else float("-inf")
+    top = "topk_values" if probs else "scores_k"
     g.input.append(helper.make_tensor_value_info("exclude", TensorProto.INT64, ["batch", "excluded"]))
     g.input.append(helper.make_tensor_value_info("k", TensorProto.INT64, [1]))
     g.node.extend([
         helper.make_node("Constant", [], ["topk_neg_inf"],
-                         value=helper.make_tensor("v", TensorProto.FLOAT, [], [float("-inf")])),
+                         value=helper.make_tensor("v", TensorProto.FLOAT, [], [drop])),
         helper.make_node("Constant", [], ["topk_zero"], value=helper.make_tensor("z", TensorProto.INT64, [1, 1], [0])),
         # Padding (column 0) is excluded too: a column of zeros in front of the exclude list.
         helper.make_node("Shape", ["history"], ["topk_history_shape"]),
@@ -62,9 +81,18 @@ def export_topk(dense: Path, path: Path) -> Path:
         helper.make_node("Concat", ["topk_pad", "exclude"], ["topk_drop"], axis=1),
         helper.make_node("Shape", ["topk_drop"], ["topk_drop_shape"]),
         helper.make_node("Expand", ["topk_neg_inf", "topk_drop_shape"], ["topk_drop_values"]),
-        helper.make_node("ScatterElements", ["scores", "topk_drop", "topk_drop_values"], ["topk_masked"], axis=1),
-        helper.make_node("TopK", ["topk_masked", "k"], ["scores_k", "items"], axis=1, largest=1, sorted=1),
+        helper.make_node("ScatterElements", [out.name, "topk_drop", "topk_drop_values"], ["topk_masked"], axis=1),
+        helper.make_node("TopK", ["topk_masked", "k"], [top, "items"], axis=1, largest=1, sorted=1),
     ])
+    if probs:
+        g.node.extend([
+            helper.make_node("Constant", [], ["topk_minus_inf"],
+                             value=helper.make_tensor("m", TensorProto.FLOAT, [], [float("-inf")])),
+            helper.make_node("Constant", [], ["topk_fzero"], value=helper.make_tensor("f", TensorProto.FLOAT, [], [0.0])),
+            helper.make_node("Less", [top, "topk_fzero"], ["topk_dropped"]),
+            helper.make_node("Log", [top], ["topk_log"]),
+            helper.make_node("Where", ["topk_dropped", "topk_minus_inf", "topk_log"], ["scores_k"]),
+        ])
     g.initializer.extend([helper.make_tensor("topk_start", TensorProto.INT64, [1], [0]),
                           helper.make_tensor("topk_end", TensorProto.INT64, [1], [1]),
                           helper.make_tensor("topk_one", TensorProto.INT64, [1], [1])])

@@ -1,5 +1,6 @@
 """serving/run_dir.py: preparing a run directory for serving (item counts for the fallback)."""
 
+import json
 import shutil
 
 import numpy as np
@@ -7,7 +8,7 @@ import pandas as pd
 import pytest
 
 from g2rec.errors import DataError, NotFoundError
-from serving.run_dir import RunConfig, open_run, prepare_run
+from serving.run_dir import MANIFEST, TOPK, TOPK_GRAPH, RunConfig, open_run, prepare_run
 from tests.serving.conftest import N, tiny_model
 from training.pipeline import DataSource, PipelineConfig, save_run
 
@@ -41,3 +42,16 @@ def test_missing_counts_without_the_dataset_name_the_fix(run_dir, tmp_path):
 def test_a_directory_without_a_model_is_not_a_run(tmp_path):
     with pytest.raises(NotFoundError, match="not a run directory"):
         open_run(RunConfig(tmp_path))
+
+
+def test_a_run_exported_with_an_older_top_k_graph_is_exported_again(run_dir, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(run_dir, out)
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["topk_graph"] == TOPK_GRAPH
+    del manifest["topk_graph"]  # what a run served before the cached-tails graph says
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    (out / TOPK).write_bytes(b"stale")
+    prepare_run(out)
+    assert json.loads((out / MANIFEST).read_text())["topk_graph"] == TOPK_GRAPH
+    assert len(open_run(RunConfig(out)).recommend([[10, 20]], k=3)[0].items) == 3
