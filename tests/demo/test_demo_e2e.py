@@ -14,7 +14,8 @@ from g2rec.data import DatasetError, load_dataset
 # A small model and budget: this test checks the loop, g2rec bench quality checks quality.
 SERVICE = {
     "pipeline": {"model": {"d_model": 32, "n_layers": 1, "n_negatives": 256},
-                 "train": {"epochs": 2, "eval_every": 1}, "cluster": {"n_clusters": 16, "iters": 30}},
+                 "train": {"epochs": 2, "eval_every": 1},
+                 "cluster": {"n_clusters": 16, "iters": 30, "auto_resolution": False}},
     "finetune": {"epochs": 1, "eval_every": 1},
     "promote_tolerance": 1.0,  # always promote the second version: the hot swap is what is tested
 }
