@@ -71,6 +71,9 @@ def with_dataset(f):
 @click.option("--minutes", type=float, default=None, help="wall-clock cap on training")
 def train(dataset, dataset_path, fmt, model, out, config, epochs, seed, minutes):
     """Train a model and write a run directory (model, profiles, metrics)."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     cfg = _config(dataset, dataset_path, fmt, model, config, epochs, seed, minutes)
     res = run(cfg, Path(out))
     click.echo(metrics_table({f"{model} (test)": res.metrics["test"]}))

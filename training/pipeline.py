@@ -13,6 +13,7 @@ A run directory holds everything needed to evaluate, export or serve the model a
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -31,6 +32,8 @@ from g2rec.model import G2RecModel, ModelConfig
 from g2rec.profiles import cluster_prototypes, cluster_sizes
 from g2rec.train import FitResult, TrainConfig, evaluate, evaluate_mixtures, fit
 from g2rec.types import Interactions, InterestProfiles
+
+log = logging.getLogger("g2rec.train")
 
 
 @dataclass(frozen=True)
@@ -79,9 +82,14 @@ class RunResult:
 def build_profiles(train: Interactions, graph: GraphConfig, cluster: ClusterConfig) -> tuple[InterestProfiles, dict]:
     """Training interactions -> sampled co-engagement graph -> soft clusters -> profiles."""
     t0 = time.time()
+    log.info("co-engagement graph over %d training interactions ...", train.n_interactions)
     snapshot = build_graph(train, graph)
     t1 = time.time()
+    log.info("graph: %d edges in %.0f s; clustering %d items into %d interests ...", snapshot.n_edges, t1 - t0,
+             snapshot.n_items, cluster.n_clusters)
     profiles, report = run_cluster(snapshot, cluster)
+    log.info("clusters: modularity %.3f after %d iterations, %.0f s", report.modularity, report.iterations,
+             time.time() - t1)
     info = {
         "graph_edges": int(snapshot.n_edges),
         "graph_seconds": t1 - t0,
@@ -129,6 +137,7 @@ def train_model(model: G2RecModel, split: LooSplit, cfg: TrainConfig) -> Trained
 def run(cfg: PipelineConfig, out: Path | None = None, data: Interactions | None = None) -> RunResult:
     torch.set_num_threads(cfg.threads)
     data = data if data is not None else cfg.data.load()
+    log.info("%s: %d users, %d items, %d interactions", data.name, data.n_users, data.n_items, data.n_interactions)
     split = loo_split(data)
     profiles, info = None, {}
     if cfg.model.mode == "g2rec":
