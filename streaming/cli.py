@@ -89,6 +89,10 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--checkpoint-interval", "checkpoint_interval_s", type=float, default=None)
 @click.option("--snapshot-interval", "snapshot_interval_s", type=float, default=None)
 @click.option("--session-timeout", "session_timeout_s", type=float, default=None)
+@click.option("--compact-interval", "compact_interval_s", type=float, default=None,
+              help="Seconds between foldings of the window logs into per-user rows (default 10).")
+@click.option("--user-ttl", "user_ttl_s", type=float, default=None,
+              help="Evict users idle this many seconds from memory (reloaded from the store); default: never.")
 @click.option("--max-batch", type=int, default=None)
 @click.option("--sink", default=None, help="History sink: none, memory, jsonl, feast, or package.module:factory.")
 @click.option("--sink-option", "sink_options", multiple=True, help="KEY=VALUE passed to the sink factory.")
