@@ -110,7 +110,12 @@ class IngestService(Service):
                 for tp, records in batch.items():
                     if tp.partition in self.processor.owned:  # else: revoked while we waited
                         await self._process(tp, records)
-                if self.processor.due():
+                # A short fetch means the worker has caught up with the producers: commit now
+                # (once the previous commit is done) instead of waiting out the interval, so
+                # freshness is a fetch plus a commit; a backlog still commits in large ranges.
+                caught_up = sum(map(len, batch.values())) < self.cfg.max_batch // 4
+                idle_store = self._inflight is None or self._inflight.done()
+                if self.processor.due() or (caught_up and idle_store and self.processor.has_pending()):
                     await self._checkpoint()
                 elif (self._inflight is not None and self._inflight.done()) or self._outbox_due:
                     await self._settle()  # idle: finish the last commit (and forward its dead letters)
