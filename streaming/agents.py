@@ -113,7 +113,7 @@ class IngestService(Service):
                 # A short fetch means the worker has caught up with the producers: commit now
                 # (once the previous commit is done) instead of waiting out the interval, so
                 # freshness is a fetch plus a commit; a backlog still commits in large ranges.
-                caught_up = sum(map(len, batch.values())) < self.cfg.max_batch // 4
+                caught_up = self.cfg.eager_checkpoints and sum(map(len, batch.values())) < self.cfg.max_batch // 4
                 idle_store = self._inflight is None or self._inflight.done()
                 if self.processor.due() or (caught_up and idle_store and self.processor.has_pending()):
                     await self._checkpoint()

@@ -88,6 +88,8 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--half-life", "half_life_s", type=float, default=None, help="Count decay half-life, seconds of event time.")
 @click.option("--checkpoint-interval", "checkpoint_interval_s", type=float, default=None)
 @click.option("--snapshot-interval", "snapshot_interval_s", type=float, default=None)
+@click.option("--eager-checkpoints/--no-eager-checkpoints", default=None,
+              help="Commit as soon as the worker has caught up (default on).")
 @click.option("--session-timeout", "session_timeout_s", type=float, default=None)
 @click.option("--compact-interval", "compact_interval_s", type=float, default=None,
               help="Seconds between foldings of the window logs into per-user rows (default 10).")

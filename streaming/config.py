@@ -51,6 +51,9 @@ class StreamConfig:
     max_batch:             records fetched and processed together (vectorised).
     checkpoint_interval_s: the longest time processed events wait before their state is committed.
     checkpoint_events:     commit sooner once this many events are pending.
+    eager_checkpoints:     also commit as soon as a fetch comes back short (the worker has caught up)
+                           and the previous commit is done, for freshness; a backlog still commits
+                           by checkpoint_events / checkpoint_interval_s.
     snapshot_interval_s:   how often the owner of partition 0 re-samples and publishes a snapshot.
     compact_interval_s:    how often a worker folds the window logs it committed into per-user rows.
     user_ttl_s:            users idle this long (and folded) leave memory and are reloaded from the
@@ -80,6 +83,7 @@ class StreamConfig:
     max_batch: int = 20_000
     checkpoint_interval_s: float = 1.0
     checkpoint_events: int = 100_000
+    eager_checkpoints: bool = True
     snapshot_interval_s: float = 60.0
     compact_interval_s: float = 10.0
     user_ttl_s: float | None = None

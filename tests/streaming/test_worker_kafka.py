@@ -376,7 +376,7 @@ def test_sigterm_commits_the_pending_work_before_exiting(kafka_broker, tmp_path)
     data = tmp_path / "w"
     worker = Worker(["--bootstrap", kafka_broker.bootstrap, "--topic", topic, "--data-dir", str(data),
                      "--r", str(GRAPH.r), "--window", str(GRAPH.window), "--seed", str(GRAPH.seed),
-                     "--checkpoint-interval", "3600", "--session-timeout", "3",
+                     "--checkpoint-interval", "3600", "--no-eager-checkpoints", "--session-timeout", "3",
                      "--metrics-path", str(tmp_path / "w.metrics")], tmp_path / "w.log")
     try:
         # Fetched and applied, but with an hour-long checkpoint interval nothing is committed yet.
