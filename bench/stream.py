@@ -144,17 +144,20 @@ def _exact(url: str, topic: str, inter, r: int, window: int, seed: int) -> bool:
                 and all(np.array_equal(x, y) for x, y in zip(state.counts.pairs(), want.pairs())))
 
 
-def _feast_visibility(repo_root: Path, users: np.ndarray, stop, out: list) -> None:
-    """Poll features.lookup for `users` until `stop` is set: out gets (time, user, history length)."""
+def _feast_visibility(repo_root: str, users: np.ndarray, stop, out_path: str) -> None:
+    """Poll features.lookup for `users` until `stop` is set; writes (time, user, history length)
+    rows to out_path. Runs in its own process, so the producer's GIL does not delay the polls."""
     from features.config import StoreConfig
     from features.lookup import FeatureLookup
 
-    with FeatureLookup.open(StoreConfig(root=repo_root)) as lookup:
+    rows: list[tuple[float, int, int]] = []
+    with FeatureLookup.open(StoreConfig(root=Path(repo_root))) as lookup:
         while not stop.is_set():
             h = lookup.histories(users)
             now = time.time()
-            out.extend((now, int(u), len(items)) for u, items in zip(users.tolist(), h.items))
+            rows.extend((now, int(u), len(items)) for u, items in zip(users.tolist(), h.items))
             time.sleep(0.02)
+    np.save(out_path, np.array(rows, dtype=np.float64).reshape(-1, 3))
 
 
 def _create_times(bootstrap: str, topic: str, start: dict[int, int], users: set[int]) -> dict[int, list[float]]:
@@ -261,7 +264,7 @@ def command(events: int, fresh_events: int, fresh_rate: float, partitions: int, 
             checkpoint_interval: float, producers: int, rss_events: int, rss_users: int, user_ttl: float,
             dlq_bad: int, postgres: bool, seed: int, out: str, hardware: str, keep_work: bool) -> None:
     """Benchmark the stream worker end to end; writes bench/results/stream.json."""
-    import threading
+    import multiprocessing
 
     from features.config import StoreConfig
     from features.store import FeatureRepo
@@ -340,9 +343,10 @@ def command(events: int, fresh_events: int, fresh_rate: float, partitions: int, 
         rng = np.random.default_rng(seed)
         candidates = np.unique(flog.users[200:])
         watched = rng.choice(candidates, min(400, len(candidates)), replace=False)
-        seen: list = []
-        stop_polling = threading.Event()
-        poller = threading.Thread(target=_feast_visibility, args=(repo_root, watched, stop_polling, seen), daemon=True)
+        spawn = multiprocessing.get_context("spawn")
+        stop_polling = spawn.Event()
+        seen_path = str(work / "feast_seen.npy")
+        poller = spawn.Process(target=_feast_visibility, args=(str(repo_root), watched, stop_polling, seen_path))
         poller.start()
         fresh_start = time.time()
         replay(EventLog(flog.users[200:], flog.items[200:], flog.times[200:], "fresh"),
@@ -350,7 +354,8 @@ def command(events: int, fresh_events: int, fresh_rate: float, partitions: int, 
         worker.wait_committed(len(flog), 300, "the fresh events")
         time.sleep(1.0)
         stop_polling.set()
-        poller.join(30)
+        poller.join(60)
+        seen = [(t, int(u), int(n)) for t, u, n in np.load(seen_path).tolist()]
         rows = np.fromfile(f"{worker.metrics}.lags", dtype="<f8").reshape(-1, 2)
         lags = rows[rows[:, 0] >= fresh_start - 1e-3, 1]
         result["fresh_events"] = int(len(lags))

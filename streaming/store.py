@@ -389,14 +389,13 @@ class StateStore:
                 return 0
             users = np.concatenate([_from_i64(r.users) for r in logs])
             folded = self._fold(self._user_rows(conn, topic, partition, users), logs, window)
-            ids = folded.users.tolist()
-            for lo in range(0, len(ids), _IN_CHUNK):
+            ids, positions, ptr, flat = folded.users.tolist(), folded.positions.tolist(), folded.ptr.tolist(), folded.flat
+            for lo in range(0, len(ids), _IN_CHUNK):  # in chunks: the rows' Python objects stay few
+                chunk = range(lo, min(lo + _IN_CHUNK, len(ids)))
                 conn.execute(delete(t).where(t.c.topic == topic, t.c.partition == partition,
                                              t.c.user_id.in_(ids[lo:lo + _IN_CHUNK])))
-            ptr, flat = folded.ptr.tolist(), folded.flat
-            conn.execute(insert(t), [dict(topic=topic, partition=partition, user_id=u, position=pos,
-                                          items=_i64(flat[ptr[k]:ptr[k + 1]]))
-                                     for k, (u, pos) in enumerate(zip(ids, folded.positions.tolist()))])
+                conn.execute(insert(t), [dict(topic=topic, partition=partition, user_id=ids[k], position=positions[k],
+                                              items=_i64(flat[ptr[k]:ptr[k + 1]])) for k in chunk])
             conn.execute(delete(windows_table).where(windows_table.c.id.in_([r.id for r in logs])))
             return len(users)
 
