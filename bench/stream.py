@@ -144,9 +144,10 @@ def _exact(url: str, topic: str, inter, r: int, window: int, seed: int) -> bool:
                 and all(np.array_equal(x, y) for x, y in zip(state.counts.pairs(), want.pairs())))
 
 
-def _feast_visibility(repo_root: str, users: np.ndarray, stop, out_path: str) -> None:
-    """Poll features.lookup for `users` until `stop` is set; writes (time, user, history length)
-    rows to out_path. Runs in its own process, so the producer's GIL does not delay the polls."""
+def _feast_visibility(repo_root: str, users: np.ndarray, ready, stop, out_path: str) -> None:
+    """Poll features.lookup for `users` until `stop` is set (`ready` is set once polling runs);
+    writes (time, user, history length) rows to out_path. Runs in its own process, so the
+    producer's GIL does not delay the polls."""
     from features.config import StoreConfig
     from features.lookup import FeatureLookup
 
@@ -156,6 +157,7 @@ def _feast_visibility(repo_root: str, users: np.ndarray, stop, out_path: str) ->
             h = lookup.histories(users)
             now = time.time()
             rows.extend((now, int(u), len(items)) for u, items in zip(users.tolist(), h.items))
+            ready.set()
             time.sleep(0.02)
     np.save(out_path, np.array(rows, dtype=np.float64).reshape(-1, 3))
 
@@ -344,10 +346,13 @@ def command(events: int, fresh_events: int, fresh_rate: float, partitions: int, 
         candidates = np.unique(flog.users[200:])
         watched = rng.choice(candidates, min(400, len(candidates)), replace=False)
         spawn = multiprocessing.get_context("spawn")
-        stop_polling = spawn.Event()
+        polling, stop_polling = spawn.Event(), spawn.Event()
         seen_path = str(work / "feast_seen.npy")
-        poller = spawn.Process(target=_feast_visibility, args=(str(repo_root), watched, stop_polling, seen_path))
+        poller = spawn.Process(target=_feast_visibility, args=(str(repo_root), watched, polling, stop_polling,
+                                                               seen_path))
         poller.start()
+        if not polling.wait(120):
+            raise click.ClickException("the Feast poller did not start within 120 s")
         fresh_start = time.time()
         replay(EventLog(flog.users[200:], flog.items[200:], flog.times[200:], "fresh"),
                ReplayConfig(bootstrap, fresh_topic, rate=fresh_rate), partitions, progress=False, id_offset=200)

@@ -62,6 +62,7 @@ class PreparedCheckpoint:
     prepared_at: float
     events: list[LoggedEvents] = field(default_factory=list)  # for the event log, before the commit
     stamp: float = 0.0  # time.monotonic() at the cut: every window extended before it is in here
+    delta: CoCounts | None = None  # the count increments, coalesced into ckpt.keys/weights off the event loop
 
 
 class StreamProcessor:
@@ -247,12 +248,12 @@ class StreamProcessor:
             self._last_checkpoint = time.monotonic()
             return None
         pending = self._pending
-        a, b, w = pending.delta.pairs()
+        empty = np.zeros(0, dtype=np.int64)
         ckpt = Checkpoint(
             topic=self.cfg.topics.events,
             offsets={p: (self._committed[p], self.next_offset[p]) for p in self.next_offset
                      if self.next_offset[p] != self._committed[p]},
-            keys=(a << 32) | b, weights=w, n_events=pending.n_events,
+            keys=empty, weights=np.zeros(0), n_events=pending.n_events,  # from `delta`, in commit_prepared
             n_increments=pending.delta.n_increments, max_time=pending.max_time,
             logs={p: (np.concatenate([u for u, _ in parts]), np.concatenate([i for _, i in parts]))
                   for p, parts in pending.logs.items()},
@@ -265,7 +266,7 @@ class StreamProcessor:
         self._pending = _Pending()
         self._last_checkpoint = time.monotonic()
         return PreparedCheckpoint(ckpt, updates, pending.first_fetch, pending.first_fetch_cpu, pending.lags,
-                                  time.time(), events, self._last_checkpoint)
+                                  time.time(), events, self._last_checkpoint, pending.delta)
 
     def commit_prepared(self, prepared: PreparedCheckpoint) -> int:
         """Push the histories to the sink, write the event log, then commit to the store; returns
@@ -274,6 +275,9 @@ class StreamProcessor:
         Touches only the sink, the store and the metrics file, so it may run in a worker thread
         while the next batches are processed (one call at a time, in preparation order).
         """
+        if prepared.delta is not None:  # the sort behind the coalescing runs here, beside the ingest loop
+            a, b, w = prepared.delta.pairs()
+            prepared.ckpt.keys, prepared.ckpt.weights = (a << 32) | b, w
         if prepared.updates:
             self.sink.write(prepared.updates)
         if self.event_log is not None and prepared.events:
