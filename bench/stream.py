@@ -127,6 +127,12 @@ def _drain_figures(worker: _Worker, n: int, ceiling: float) -> dict:
             "checkpoints": len(ms), "checkpoint_s_p50": round(float(np.median([m["checkpoint_s"] for m in ms])), 3)}
 
 
+def _lags_since(worker: _Worker, start: float) -> np.ndarray:
+    """Commit lags (s) of the events the worker committed that were produced after `start`."""
+    rows = np.fromfile(f"{worker.metrics}.lags", dtype="<f8").reshape(-1, 2)
+    return rows[rows[:, 0] >= start - 1e-3, 1]
+
+
 def _exact(url: str, topic: str, inter, r: int, window: int, seed: int) -> bool:
     """Committed counts of the store at `url` == the batch builder's over `inter`."""
     from g2rec.graph import CoCounts, GraphConfig, coengagement_counts
@@ -313,12 +319,25 @@ def command(events: int, fresh_events: int, fresh_rate: float, partitions: int, 
         worker.wait_committed(len(log), 1800, "the backlog drain")
         result.update(_drain_figures(worker, len(log), ceiling))
         result["loadavg_1m_after_drain"] = round(os.getloadavg()[0], 2)
-        worker.stop()
         click.echo(f"worker drained the backlog at {result['events_per_s']} events/s (ratio {result['ratio']})")
-        t0 = time.perf_counter()
+        t0 = time.perf_counter()  # while the worker idles, before the fresh phase
         result["exact_match"] = _exact(f"sqlite:///{worker.data / 'stream.sqlite'}", topic, inter, r, window, seed)
         result["batch_counts_s"] = round(time.perf_counter() - t0, 2)
         click.echo(f"exact match with the batch builder: {result['exact_match']}")
+        # Count freshness of the caught-up worker (no history sink), on new users.
+        fresh = _synthetic(fresh_events, seed + 1)
+        flog = event_log(fresh)
+        flog = EventLog(flog.users + 10_000_000, flog.items, flog.times, "fresh")
+        fresh_start = time.time()
+        replay(flog, ReplayConfig(bootstrap, topic, rate=fresh_rate), partitions, progress=False, id_offset=len(log))
+        worker.wait_committed(len(log) + len(flog), 300, "the fresh events")
+        lags = _lags_since(worker, fresh_start)
+        result["fresh_events"] = int(len(lags))
+        result["fresh_rate_per_s"] = fresh_rate
+        result["p50_freshness_s"] = round(float(np.percentile(lags, 50)), 3)
+        result["p99_freshness_s"] = round(float(np.percentile(lags, 99)), 3)
+        worker.stop()
+        click.echo(f"count freshness p50 {result['p50_freshness_s']} s, p99 {result['p99_freshness_s']} s")
 
         if postgres:
             pg = infra_postgres.start()  # its own temp dir: the server may run as another user
@@ -336,9 +355,7 @@ def command(events: int, fresh_events: int, fresh_rate: float, partitions: int, 
         repo_root = work / "features"
         FeatureRepo(StoreConfig(root=repo_root)).apply()
         worker = start("feast", fresh_topic, ["--sink", "feast", "--sink-option", f"root={repo_root}"])
-        fresh = _synthetic(fresh_events, seed + 1)
-        flog = event_log(fresh)
-        flog = EventLog(flog.users + 10_000_000, flog.items, flog.times, "fresh")
+        flog = EventLog(flog.users + 10_000_000, flog.items, flog.times, "fresh")  # 20M+: new users again
         replay(EventLog(flog.users[:200], flog.items[:200], flog.times[:200], "warm"),
                ReplayConfig(bootstrap, fresh_topic), partitions, progress=False)
         worker.wait_committed(200, 120, "the feast worker to start")
@@ -361,12 +378,9 @@ def command(events: int, fresh_events: int, fresh_rate: float, partitions: int, 
         stop_polling.set()
         poller.join(60)
         seen = [(t, int(u), int(n)) for t, u, n in np.load(seen_path).tolist()]
-        rows = np.fromfile(f"{worker.metrics}.lags", dtype="<f8").reshape(-1, 2)
-        lags = rows[rows[:, 0] >= fresh_start - 1e-3, 1]
-        result["fresh_events"] = int(len(lags))
-        result["fresh_rate_per_s"] = fresh_rate
-        result["p50_freshness_s"] = round(float(np.percentile(lags, 50)), 3)
-        result["p99_freshness_s"] = round(float(np.percentile(lags, 99)), 3)
+        lags = _lags_since(worker, fresh_start)
+        result["feast_sink_p50_freshness_s"] = round(float(np.percentile(lags, 50)), 3)
+        result["feast_sink_p99_freshness_s"] = round(float(np.percentile(lags, 99)), 3)
         # The n-th event of a watched user is readable once lookup returns >= n items (and the
         # history keeps the last history_len, so later events are not told apart).
         warm_counts = {int(u): int(c) for u, c in zip(*np.unique(flog.users[:200], return_counts=True))}
@@ -385,7 +399,7 @@ def command(events: int, fresh_events: int, fresh_rate: float, partitions: int, 
         result["feast_freshness_p50_s"] = round(float(np.percentile(feast_lags, 50)), 3)
         result["feast_freshness_p99_s"] = round(float(np.percentile(feast_lags, 99)), 3)
         worker.stop()
-        click.echo(f"freshness p50 {result['p50_freshness_s']} s, p99 {result['p99_freshness_s']} s; feast p99 "
+        click.echo(f"with the Feast sink: count freshness p99 {result['feast_sink_p99_freshness_s']} s; feast p99 "
                    f"{result['feast_freshness_p99_s']} s over {len(feast_lags)} events ({missing} not seen)")
 
         # Bounded state: peak RSS with user_ttl_s, large state (5x events, 20x users) vs small.
@@ -433,8 +447,10 @@ def command(events: int, fresh_events: int, fresh_rate: float, partitions: int, 
             "of the same topic on the same broker; ratio = events_per_s / consume_ceiling_per_s; "
             "events_per_cpu_s: events per CPU second of the worker process; exact_match: committed counts "
             "equal g2rec.graph.coengagement_counts; postgres: the same drain into a Postgres state store "
-            "(infra/postgres.py); freshness: a worker with the Feast sink, caught up, events replayed at "
-            "fresh_rate_per_s; p50/p99_freshness_s = commit time - Kafka CreateTime; feast_freshness_*_s = "
+            "(infra/postgres.py); freshness: the caught-up worker gets new events at fresh_rate_per_s; "
+            "p50/p99_freshness_s = commit time - Kafka CreateTime (no history sink); then a worker with the "
+            "Feast history sink on a fresh topic: feast_sink_p50/p99_freshness_s the same commit lag there, "
+            "feast_freshness_*_s = "
             "first features.lookup poll (every ~20 ms plus the lookup) showing the event in the user's history "
             "- CreateTime, over watched users; rss: peak RSS (VmHWM) of a worker with user_ttl_s draining "
             "rss.large vs rss.small (scaled down from 5M events/2M users vs 1M/100k by 10x, same 5x events "
