@@ -276,6 +276,7 @@ def command(events: int, fresh_events: int, fresh_rate: float, partitions: int, 
 
     from features.config import StoreConfig
     from features.store import FeatureRepo
+    from g2rec.data import from_events
     from infra import kafka
     from infra import postgres as infra_postgres
     from streaming.cli import _synthetic
@@ -342,11 +343,15 @@ def command(events: int, fresh_events: int, fresh_rate: float, partitions: int, 
         if postgres:
             pg = infra_postgres.start()  # its own temp dir: the server may run as another user
             url = pg.create_database("bench_stream")
+            # The topic now also holds the freshness phase's events (new users): drain and check them all.
+            both = from_events(np.concatenate([log.users, flog.users]), np.concatenate([log.items, flog.items]),
+                               np.concatenate([log.times, flog.times]))
             worker = start("postgres", topic, ["--store-url", url])
-            worker.wait_committed(len(log), 1800, "the Postgres drain")
-            figures = _drain_figures(worker, len(log), ceiling)
+            worker.wait_committed(both.n_interactions, 1800, "the Postgres drain")
+            figures = _drain_figures(worker, both.n_interactions, ceiling)
             worker.stop()
-            result["postgres"] = {**figures, "exact_match": _exact(url, topic, inter, r, window, seed)}
+            result["postgres"] = {**figures, "events": both.n_interactions,
+                                  "exact_match": _exact(url, topic, both, r, window, seed)}
             click.echo(f"postgres store: {result['postgres']}")
 
         # Freshness, with the Feast history sink on (the production path), on a fresh topic.

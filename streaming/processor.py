@@ -293,13 +293,16 @@ class StreamProcessor:
         return prepared.ckpt.n_events
 
     def compact_windows(self, stamp: float) -> None:
-        """Fold the window logs this worker committed into the store's per-user rows; users
-        extended before `stamp` (all committed by now) may then be evicted. Runs with commits."""
+        """Fold the window logs this worker committed into the store's per-user rows, a bounded
+        step per partition (a backlog's logs are folded over several commits); once none is left,
+        users extended before `stamp` (all committed by now) may be evicted. Runs with commits."""
         for p in sorted(self._uncompacted):
-            self.store.compact_windows(self.cfg.topics.events, p, self.cfg.graph.window)
-        self._uncompacted.clear()
-        self._last_compaction = time.monotonic()
-        self._compacted_before = stamp
+            if self.store.compact_windows(self.cfg.topics.events, p, self.cfg.graph.window,
+                                          self.cfg.checkpoint_events):
+                self._uncompacted.discard(p)
+        if not self._uncompacted:
+            self._last_compaction = time.monotonic()
+            self._compacted_before = stamp
 
     def _history_updates(self, touched: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[UserHistoryUpdate]:
         users = np.concatenate([u for u, _, _ in touched])

@@ -377,8 +377,9 @@ class StateStore:
         return fold_histories(base, np.concatenate([_from_i64(r.users) for r in logs]),
                               np.concatenate([_from_i64(r.items) for r in logs]), window)
 
-    def compact_windows(self, topic: str, partition: int, window: int) -> int:
-        """Fold the partition's logs into its users' rows (one transaction); returns events folded."""
+    def compact_windows(self, topic: str, partition: int, window: int, max_events: int | None = None) -> bool:
+        """Fold the partition's logs, oldest first, into its users' rows (one transaction), at
+        least one log and about `max_events` events at most (None: all); True when none is left."""
         t = user_windows_table
         with self._write() as conn:
             # Taking the offset row serialises this with commits and other compactions of the partition.
@@ -386,7 +387,11 @@ class StateStore:
                 offsets_table.c.topic == topic, offsets_table.c.partition == partition).with_for_update())
             logs = self._logs(conn, topic, partition)
             if not logs:
-                return 0
+                return True
+            if max_events is not None:  # a bounded step, so commits queued behind it wait little
+                sizes = np.cumsum([len(r.users) // 8 for r in logs])
+                logs = logs[:max(1, int(np.searchsorted(sizes, max_events, side="right")))]
+            done = len(logs) == len(sizes) if max_events is not None else True
             users = np.concatenate([_from_i64(r.users) for r in logs])
             folded = self._fold(self._user_rows(conn, topic, partition, users), logs, window)
             ids, positions, ptr, flat = folded.users.tolist(), folded.positions.tolist(), folded.ptr.tolist(), folded.flat
@@ -397,7 +402,7 @@ class StateStore:
                 conn.execute(insert(t), [dict(topic=topic, partition=partition, user_id=ids[k], position=positions[k],
                                               items=_i64(flat[ptr[k]:ptr[k + 1]])) for k in chunk])
             conn.execute(delete(windows_table).where(windows_table.c.id.in_([r.id for r in logs])))
-            return len(users)
+            return done
 
     def committed(self, topic: str) -> CommittedState:
         """All committed counts, the number of events behind them and the offsets they cover."""
