@@ -233,3 +233,31 @@ def test_users_evicted_after_their_ttl_are_reloaded_and_count_exactly_as_without
         order_g, order_w = np.argsort(got.users), np.argsort(want.users)
         assert np.array_equal(got.users[order_g], want.users[order_w])
         assert np.array_equal(got.positions[order_g], want.positions[order_w])
+
+
+def test_window_compaction_in_bounded_steps_folds_every_log_once_and_in_order(cfg, events):
+    from dataclasses import replace
+
+    users, items, times, values, partitions = events
+    cfg = replace(cfg, compact_interval_s=1e9)  # only the calls below compact
+    store = StateStore(cfg.store)
+    proc = StreamProcessor(cfg, store)
+    for p in range(N_PARTITIONS):
+        proc.assign(p, 0)
+    ends = _ends(partitions)
+    for k in range(1, 6):
+        _feed(proc, values, partitions, {p: e * k // 5 for p, e in ends.items()})
+        proc.checkpoint()
+    topic, window = cfg.topics.events, cfg.graph.window
+    before = store.load_windows(topic, 0, window)
+    steps = 1
+    while not store.compact_windows(topic, 0, window, max_events=ends[0] // 4):
+        steps += 1
+    assert steps > 2  # five logs of ~ends/5 events, at most ~ends/4 per step
+    after = store.load_windows(topic, 0, window)
+    for field in ("users", "positions"):
+        assert np.array_equal(np.sort(getattr(before, field)), np.sort(getattr(after, field)))
+    got = dict(zip(after.users.tolist(), (after.flat[a:b].tolist() for a, b in zip(after.ptr[:-1], after.ptr[1:]))))
+    mine = partitions == 0
+    for u in np.unique(users[mine])[:10].tolist():
+        assert got[u] == items[users == u][-window:].tolist()
