@@ -13,7 +13,8 @@ offsets and reprocesses from there; the deltas of uncommitted events were never 
 event is counted once. Kafka transactions were measured unusable here (Tansu answers
 InitProducerId with a transactional id with UNKNOWN_SERVER_ERROR).
 
-Compaction (on a schedule, StreamConfig.compact_interval_s, and before a worker takes over a
+Compaction (on a schedule, StreamConfig.compact_interval_s, in steps of about checkpoint_events
+events per partition, and fully before a worker takes over a
 partition) folds each partition's logs into one row per user, `stream_user_windows`, in one
 transaction that holds the partition's offset row, so compactions and commits of a partition are
 serialised and every log is folded exactly once, in offset order. Once a user's events are
