@@ -198,12 +198,34 @@ class CoCounts:
     def _coalesce(self) -> None:
         if not self._pending_keys:
             return
+        if all(np.all(w == 1.0) for w in self._pending_weights):
+            self._coalesce_unit()
+            return
         keys = np.concatenate([self._keys, *self._pending_keys])
         weights = np.concatenate([self._weights, *self._pending_weights])
         uniq, inverse = np.unique(keys, return_inverse=True)
         self._keys = uniq
         self._weights = np.bincount(inverse, weights=weights, minlength=len(uniq))
         self._pending_keys, self._pending_weights, self._n_pending = [], [], 0
+
+    def _coalesce_unit(self) -> None:
+        """_coalesce when every pending increment is 1.0 (plain counts): a plain sort of the keys
+        (several times faster than the argsort behind np.unique's inverse), counted per key and
+        merged into the sorted keys. Sums of whole numbers, so exactly what _coalesce gives."""
+        keys = np.sort(np.concatenate(self._pending_keys))
+        self._pending_keys, self._pending_weights, self._n_pending = [], [], 0
+        if not len(keys):
+            return
+        starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
+        new_keys = keys[starts]
+        new_counts = np.diff(np.append(starts, len(keys))).astype(np.float64)
+        at = np.searchsorted(self._keys, new_keys)
+        known = at < len(self._keys)
+        known[known] = self._keys[at[known]] == new_keys[known]
+        self._weights[at[known]] += new_counts[known]
+        fresh = ~known
+        self._keys = np.insert(self._keys, at[fresh], new_keys[fresh])
+        self._weights = np.insert(self._weights, at[fresh], new_counts[fresh])
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(a, b, w): unordered pairs with a < b, sorted by (a, b), and their float64 counts."""

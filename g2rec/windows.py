@@ -66,7 +66,8 @@ class UserWindows:
     """Each user's event count and last `window` items, for the users of some partitions.
 
     Row r: users[r] (raw id), positions[r] events seen, items[r, W-L:] the last L = min(positions, W)
-    items oldest first (left-padded with -1), partition[r] the input partition the user arrives on.
+    items oldest first (left-padded with -1), partition[r] the input partition the user arrives on,
+    stamp[r] the caller's clock when the row was last loaded or extended (`evict` drops by it).
     """
 
     def __init__(self, window: int, capacity: int = 1024) -> None:
@@ -77,6 +78,7 @@ class UserWindows:
         self.users = np.zeros(capacity, dtype=np.int64)
         self.positions = np.zeros(capacity, dtype=np.int64)
         self.partition = np.zeros(capacity, dtype=np.int64)
+        self.stamp = np.zeros(capacity, dtype=np.float64)
         self.items = np.full((capacity, window), _PAD, dtype=np.int64)
         self.n = 0
 
@@ -91,14 +93,19 @@ class UserWindows:
         self.users = np.resize(self.users, new)
         self.positions = np.resize(self.positions, new)
         self.partition = np.resize(self.partition, new)
+        self.stamp = np.resize(self.stamp, new)
         items = np.full((new, self.window), _PAD, dtype=np.int64)
         items[:cap] = self.items
         self.items = items
 
-    def rows_for(self, users: np.ndarray, partition: int) -> np.ndarray:
-        """(B,) rows of these raw user ids, creating empty rows for new users."""
+    def find(self, users: np.ndarray) -> np.ndarray:
+        """(B,) rows of these raw user ids, -1 where a user has no row."""
         get = self._row.get
-        rows = np.fromiter((get(u, -1) for u in users.tolist()), dtype=np.int64, count=len(users))
+        return np.fromiter((get(u, -1) for u in users.tolist()), dtype=np.int64, count=len(users))
+
+    def rows_for(self, users: np.ndarray, partition: int, rows: np.ndarray | None = None) -> np.ndarray:
+        """(B,) rows of these raw user ids, creating empty rows for new users (`rows`: find's answer)."""
+        rows = self.find(users) if rows is None else rows
         missing = rows < 0
         if missing.any():
             new_users = np.unique(users[missing])
@@ -108,6 +115,7 @@ class UserWindows:
             self.users[sl] = new_users
             self.positions[sl] = 0
             self.partition[sl] = partition
+            self.stamp[sl] = 0.0
             self.items[sl] = _PAD
             self.n += len(new_users)
             self._row.update(zip(new_users.tolist(), range(start, self.n)))
@@ -116,14 +124,27 @@ class UserWindows:
 
     def drop_partitions(self, partitions: set[int]) -> None:
         """Forget every user of these partitions (they were revoked from this worker)."""
-        keep = ~np.isin(self.partition[: self.n], list(partitions))
+        self._keep(~np.isin(self.partition[: self.n], list(partitions)))
+
+    def evict(self, before: float) -> int:
+        """Forget the users whose stamp is older than `before`; returns how many were dropped."""
+        keep = self.stamp[: self.n] >= before
+        dropped = self.n - int(keep.sum())
+        if dropped:
+            self._keep(keep)
+        return dropped
+
+    def _keep(self, keep: np.ndarray) -> None:
         n = int(keep.sum())
-        self.users[:n] = self.users[: self.n][keep]
-        self.positions[:n] = self.positions[: self.n][keep]
-        self.partition[:n] = self.partition[: self.n][keep]
-        self.items[:n] = self.items[: self.n][keep]
+        for name in ("users", "positions", "partition", "stamp", "items"):
+            arr = getattr(self, name)
+            arr[:n] = arr[: self.n][keep]
         self.n = n
         self._row = dict(zip(self.users[:n].tolist(), range(n)))
+        if 4 * n < len(self.users) and len(self.users) > 1024:  # give memory back after a large eviction
+            cap = max(1024, 2 * n)
+            for name in ("users", "positions", "partition", "stamp", "items"):
+                setattr(self, name, getattr(self, name)[:cap].copy())
 
     def export(self, rows: np.ndarray | None = None) -> WindowTable:
         """The windows of these rows (all rows when None) as a ragged table."""
@@ -134,11 +155,12 @@ class UserWindows:
         mask = np.arange(self.window)[None, :] >= (self.window - lengths)[:, None]
         return WindowTable(self.users[rows].copy(), self.positions[rows].copy(), ptr, block[mask])
 
-    def load(self, table: WindowTable, partition: int) -> None:
+    def load(self, table: WindowTable, partition: int, stamp: float = 0.0) -> None:
         """Set these users' windows (replacing any rows they already have)."""
         if len(table) == 0:
             return
         rows = self.rows_for(table.users, partition)
+        self.stamp[rows] = stamp
         lengths = np.diff(table.ptr)
         if (lengths > self.window).any() or (lengths > table.positions).any():
             raise ValueError(f"window table has rows longer than window={self.window} or than their positions")
@@ -149,14 +171,18 @@ class UserWindows:
         block[mask] = table.flat
         self.items[rows] = block
 
-    def extend(self, users: np.ndarray, items: np.ndarray, partition: int) -> BatchContext:
-        """Append a batch of events (arrival order) to the users' windows; return its layout."""
+    def extend(self, users: np.ndarray, items: np.ndarray, partition: int, stamp: float = 0.0,
+               rows: np.ndarray | None = None) -> BatchContext:
+        """Append a batch of events (arrival order) to the users' windows; return its layout.
+
+        rows: the users' rows when the caller already has them (find, then load or rows_for).
+        """
         users = np.asarray(users, dtype=np.int64)
         items = np.asarray(items, dtype=np.int64)
         if users.shape != items.shape or users.ndim != 1:
             raise ValueError(f"users {users.shape} and items {items.shape} must be 1-d of one length")
         W = self.window
-        rows = self.rows_for(users, partition)
+        rows = self.rows_for(users, partition) if rows is None else rows
         order = np.argsort(rows, kind="stable")
         r_sorted = rows[order]
         B = len(order)
@@ -186,6 +212,7 @@ class UserWindows:
         valid = src >= ptr[:, None]
         self.items[uniq] = np.where(valid, context[np.maximum(src, 0)], _PAD)
         self.positions[uniq] = old_pos + n_g
+        self.stamp[uniq] = stamp
         return BatchContext(order=order, users=users[order], items=items_sorted,
                             positions=old_pos[g] + t, flat=flat, context=context, rows=uniq)
 

@@ -97,6 +97,12 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
               help=f"Longest seconds processed events wait to be committed [default: {_D.checkpoint_interval_s}].")
 @click.option("--snapshot-interval", "snapshot_interval_s", type=float, default=None,
               help=f"Seconds between edge snapshots [default: {_D.snapshot_interval_s}].")
+@click.option("--eager-checkpoints/--no-eager-checkpoints", default=None,
+              help="Commit as soon as the worker has caught up [default: on].")
+@click.option("--compact-interval", "compact_interval_s", type=float, default=None,
+              help=f"Seconds between foldings of the window logs into per-user rows [default: {_D.compact_interval_s}].")
+@click.option("--user-ttl", "user_ttl_s", type=float, default=None,
+              help="Evict users idle this many seconds from memory (reloaded from the store) [default: never].")
 @click.option("--session-timeout", "session_timeout_s", type=float, default=None,
               help=f"Kafka group session timeout, seconds [default: {_D.session_timeout_s}].")
 @click.option("--max-batch", type=int, default=None, help=f"Records fetched and processed together [default: {_D.max_batch}].")

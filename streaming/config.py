@@ -51,7 +51,13 @@ class StreamConfig:
     max_batch:             records fetched and processed together (vectorised).
     checkpoint_interval_s: the longest time processed events wait before their state is committed.
     checkpoint_events:     commit sooner once this many events are pending.
+    eager_checkpoints:     also commit as soon as a fetch comes back short (the worker has caught up)
+                           and the previous commit is done, for freshness; a backlog still commits
+                           by checkpoint_events / checkpoint_interval_s.
     snapshot_interval_s:   how often the owner of partition 0 re-samples and publishes a snapshot.
+    compact_interval_s:    how often a worker folds the window logs it committed into per-user rows.
+    user_ttl_s:            users idle this long (and folded) leave memory and are reloaded from the
+                           store on their next event; None keeps every user of owned partitions.
     data_dir:              local state; store_url defaults to SQLite in it, snapshot_dir to data_dir/snapshots.
     max_event_bytes:       larger payloads are dead-lettered as oversized.
     dead_letter_max_bytes: a dead letter keeps at most this many bytes of the original value (its
@@ -77,7 +83,10 @@ class StreamConfig:
     max_batch: int = 20_000
     checkpoint_interval_s: float = 1.0
     checkpoint_events: int = 100_000
+    eager_checkpoints: bool = True
     snapshot_interval_s: float = 60.0
+    compact_interval_s: float = 10.0
+    user_ttl_s: float | None = None
     session_timeout_s: float = 6.0
     max_event_bytes: int = 4096
     dead_letter_max_bytes: int = 64 * 1024
@@ -97,7 +106,9 @@ class StreamConfig:
         for name in ("max_batch", "checkpoint_events", "max_event_bytes", "dead_letter_max_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
-        for name in ("checkpoint_interval_s", "snapshot_interval_s", "session_timeout_s"):
+        if self.user_ttl_s is not None and not self.user_ttl_s >= 0:
+            raise ConfigError(f"user_ttl_s={self.user_ttl_s} must be >= 0, or None to keep every user")
+        for name in ("checkpoint_interval_s", "snapshot_interval_s", "session_timeout_s", "compact_interval_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be > 0")
         for name in ("event_log_retention_days", "event_log_retention_bytes"):

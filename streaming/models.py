@@ -289,11 +289,32 @@ class EventColumns:
 _STR = rb'"([^"\\\x00-\x1f\x7f-\xff]{1,%d})"'
 _INT = rb"(0|[1-9][0-9]{0,9})"
 _NUM = rb"((?:0|[1-9][0-9]*)(?:\.[0-9]+)?)"
-_CANONICAL = re.compile(
+_CANONICAL_TEXT = (
     rb'\{(?:"schema_version":%d,)?"event_id":' % SCHEMA_VERSION + _STR % 128
     + rb',"user_id":' + _INT + rb',"item_id":' + _INT
     + rb',"timestamp":' + _NUM + rb',"event_type":' + _STR % 32 + rb',"weight":' + _NUM + rb"\}"
 )
+_CANONICAL = re.compile(_CANONICAL_TEXT)
+# The same, one message per line of a newline-joined batch, capturing the four numbers only: a
+# batch of canonical messages is then validated and split by one findall (no message of the
+# canonical form contains a newline, so lines and messages correspond one to one).
+_CANONICAL_LINES = re.compile(rb"^" + _CANONICAL_TEXT.replace(rb'"(', rb'"(?:') + rb"$", re.MULTILINE)
+
+
+def _canonical_batch(values: list[bytes | None], max_bytes: int) -> EventColumns | None:
+    """Columns of the batch if every value is canonical and within max_bytes, else None."""
+    if not values or None in values or max(map(len, cast(list[bytes], values))) > max_bytes:
+        return None
+    joined = b"\n".join(cast(list[bytes], values))
+    if joined.count(b"\n") != len(values) - 1:
+        return None
+    rows = _CANONICAL_LINES.findall(joined)
+    if len(rows) != len(values):
+        return None
+    text = np.array(rows, dtype=bytes)  # (B, 4): user, item, timestamp, weight as ASCII digits
+    return EventColumns(index=np.arange(len(values), dtype=np.int64), user_ids=text[:, 0].astype(np.int64),
+                        item_ids=text[:, 1].astype(np.int64), timestamps=text[:, 2].astype(np.float64),
+                        weights=text[:, 3].astype(np.float64))
 
 
 def decode_values(values: list[bytes | None], max_bytes: int = 4096, record_times: Sequence[float] | None = None,
@@ -306,9 +327,12 @@ def decode_values(values: list[bytes | None], max_bytes: int = 4096, record_time
     Same verdicts as `EngagementEvent.from_wire` on every input; canonical messages are matched by
     a regular expression and range-checked as whole columns, the rest go through `json`.
     """
+    batch = _canonical_batch(values, max_bytes)
     match = _CANONICAL.fullmatch
     found: list[re.Match[bytes] | None]
-    if None not in values and max(map(len, cast(list[bytes], values)), default=0) <= max_bytes:
+    if batch is not None:
+        found = []
+    elif None not in values and max(map(len, cast(list[bytes], values)), default=0) <= max_bytes:
         found = list(map(match, cast(list[bytes], values)))
     else:
         found = [match(v) if v is not None and len(v) <= max_bytes else None for v in values]
@@ -326,7 +350,7 @@ def decode_values(values: list[bytes | None], max_bytes: int = 4096, record_time
         add_i(int(i))
         add_t(float(t))
         add_w(float(w))
-    cols = EventColumns(
+    cols = batch if batch is not None else EventColumns(
         index=np.array(fast_index, dtype=np.int64),
         user_ids=np.array(users, dtype=np.int64),
         item_ids=np.array(items, dtype=np.int64),

@@ -61,6 +61,8 @@ class PreparedCheckpoint:
     lags: list[np.ndarray]
     prepared_at: float
     events: list[LoggedEvents] = field(default_factory=list)  # for the event log, before the commit
+    stamp: float = 0.0  # time.monotonic() at the cut: every window extended before it is in here
+    delta: CoCounts | None = None  # the count increments, coalesced into ckpt.keys/weights off the event loop
 
 
 class StreamProcessor:
@@ -76,6 +78,12 @@ class StreamProcessor:
         self._pending = _Pending()
         self._last_checkpoint = time.monotonic()
         self.n_checkpoints = 0
+        # Eviction (user_ttl_s): windows stamped before _compacted_before are folded into the store.
+        self._uncompacted: set[int] = set()  # partitions with logs since this worker's last compaction
+        self._last_compaction = time.monotonic()
+        self._compacted_before = 0.0
+        self._evicted_before = 0.0
+        self.n_evicted = 0
         self.event_log = EventLogWriter(cfg.event_log_path, cfg.event_log_retention_days,
                                         cfg.event_log_retention_bytes) if cfg.event_log else None
         store.ensure_config(cfg.fingerprint())
@@ -91,13 +99,13 @@ class StreamProcessor:
         return dict(self._committed)
 
     def assign(self, partition: int, start_offset: int) -> int:
-        """Take over a partition: load its users' windows; returns the offset to consume from."""
+        """Take over a partition: fold its window logs in the store (its users' windows are then
+        loaded on their first event); returns the offset to consume from."""
         if partition in self.next_offset:
             return self.next_offset[partition]
         nxt = self.store.claim(self.cfg.topics.events, partition, start_offset)
-        table = self.store.load_windows(self.cfg.topics.events, partition, self.cfg.graph.window)
+        self.store.compact_windows(self.cfg.topics.events, partition, self.cfg.graph.window)
         self.windows.drop_partitions({partition})
-        self.windows.load(table, partition)
         if self.event_log is not None:  # files of attempts that never committed
             self.event_log.drop_uncommitted(partition, nxt)
         self.next_offset[partition] = self._committed[partition] = nxt
@@ -138,6 +146,7 @@ class StreamProcessor:
             raise ValueError(f"partition {partition}: {len(offsets)} offsets for {len(values)} values")
         if not offsets:
             return []
+        self._evict_idle()
         if self._pending.first_fetch is None:
             self._pending.first_fetch = time.time()
             self._pending.first_fetch_cpu = time.process_time()
@@ -176,7 +185,13 @@ class StreamProcessor:
         return rejected
 
     def _apply(self, partition: int, cols, boost: np.ndarray | None) -> None:
-        ctx = self.windows.extend(cols.user_ids, cols.item_ids, partition)
+        rows = self.windows.find(cols.user_ids)
+        absent = rows < 0
+        if absent.any():  # first event since assignment or eviction: the store has their window
+            self.windows.load(self.store.load_users(self.cfg.topics.events, partition, cols.user_ids[absent]),
+                              partition)
+            rows[absent] = self.windows.rows_for(cols.user_ids[absent], partition)
+        ctx = self.windows.extend(cols.user_ids, cols.item_ids, partition, time.monotonic(), rows)
         factor = cols.weights if boost is None else cols.weights * boost
         grouped = None if np.all(factor == 1.0) else factor[ctx.order]
         item, partner, weight, _ = sample_increments(ctx, self.cfg.graph, self.cfg.r, grouped)
@@ -187,6 +202,16 @@ class StreamProcessor:
         pending.logs.setdefault(partition, []).append((cols.user_ids, cols.item_ids))
         if not isinstance(self.sink, NoopSink):
             pending.touched.append((cols.user_ids, cols.item_ids, cols.timestamps))
+
+    def _evict_idle(self) -> None:
+        """Drop users idle for user_ttl_s whose events are all folded into the store."""
+        ttl = self.cfg.user_ttl_s
+        if ttl is None:
+            return
+        before = min(time.monotonic() - ttl, self._compacted_before)
+        if before > self._evicted_before:
+            self.n_evicted += self.windows.evict(before)
+            self._evicted_before = before
 
     def add_dead_letters(self, letters: list[DeadLetter]) -> None:
         """Dead letters of rejected records, committed with the next checkpoint (store outbox)."""
@@ -219,12 +244,12 @@ class StreamProcessor:
             self._last_checkpoint = time.monotonic()
             return None
         pending = self._pending
-        a, b, w = pending.delta.pairs()
+        empty = np.zeros(0, dtype=np.int64)
         ckpt = Checkpoint(
             topic=self.cfg.topics.events,
             offsets={p: (self._committed[p], self.next_offset[p]) for p in self.next_offset
                      if self.next_offset[p] != self._committed[p]},
-            keys=(a << 32) | b, weights=w, n_events=pending.n_events,
+            keys=empty, weights=np.zeros(0), n_events=pending.n_events,  # from `delta`, in commit_prepared
             n_increments=pending.delta.n_increments, max_time=pending.max_time,
             logs={p: (np.concatenate([u for u, _ in parts]), np.concatenate([i for _, i in parts]))
                   for p, parts in pending.logs.items()},
@@ -237,7 +262,7 @@ class StreamProcessor:
         self._pending = _Pending()
         self._last_checkpoint = time.monotonic()
         return PreparedCheckpoint(ckpt, updates, pending.first_fetch, pending.first_fetch_cpu, pending.lags,
-                                  time.time(), events)
+                                  time.time(), events, self._last_checkpoint, pending.delta)
 
     def commit_prepared(self, prepared: PreparedCheckpoint) -> int:
         """Push the histories to the sink, write the event log, then commit to the store; returns
@@ -246,6 +271,9 @@ class StreamProcessor:
         Touches only the sink, the store and the metrics file, so it may run in a worker thread
         while the next batches are processed (one call at a time, in preparation order).
         """
+        if prepared.delta is not None:  # the sort behind the coalescing runs here, beside the ingest loop
+            a, b, w = prepared.delta.pairs()
+            prepared.ckpt.keys, prepared.ckpt.weights = (a << 32) | b, w
         if prepared.updates:
             self.sink.write(prepared.updates)
         if self.event_log is not None and prepared.events:
@@ -253,9 +281,24 @@ class StreamProcessor:
         self.store.commit(prepared.ckpt)
         committed_at = time.time()
         self.n_checkpoints += 1
+        self._uncompacted.update(prepared.ckpt.offsets)
+        if time.monotonic() - self._last_compaction >= self.cfg.compact_interval_s:
+            self.compact_windows(prepared.stamp)
         if self.cfg.metrics_path:
             self._write_metrics(prepared, committed_at)
         return prepared.ckpt.n_events
+
+    def compact_windows(self, stamp: float) -> None:
+        """Fold the window logs this worker committed into the store's per-user rows, a bounded
+        step per partition (a backlog's logs are folded over several commits); once none is left,
+        users extended before `stamp` (all committed by now) may be evicted. Runs with commits."""
+        for p in sorted(self._uncompacted):
+            if self.store.compact_windows(self.cfg.topics.events, p, self.cfg.graph.window,
+                                          self.cfg.checkpoint_events):
+                self._uncompacted.discard(p)
+        if not self._uncompacted:
+            self._last_compaction = time.monotonic()
+            self._compacted_before = stamp
 
     def _history_updates(self, touched: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[UserHistoryUpdate]:
         users = np.concatenate([u for u, _, _ in touched])

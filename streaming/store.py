@@ -13,9 +13,15 @@ offsets and reprocesses from there; the deltas of uncommitted events were never 
 event is counted once. Kafka transactions were measured unusable here (Tansu answers
 InitProducerId with a transactional id with UNKNOWN_SERVER_ERROR).
 
-Compaction folds delta rows into one base row and each partition's logs into a base window table,
-in one transaction, so the database stays small. SQLite (WAL, write transactions BEGIN IMMEDIATE)
-is the default; any SQLAlchemy URL works (Postgres: postgresql+psycopg://...).
+Compaction (on a schedule, StreamConfig.compact_interval_s, in steps of about checkpoint_events
+events per partition, and fully before a worker takes over a
+partition) folds each partition's logs into one row per user, `stream_user_windows`, in one
+transaction that holds the partition's offset row, so compactions and commits of a partition are
+serialised and every log is folded exactly once, in offset order. Once a user's events are
+folded, the worker may drop the user from memory and reload that row on their next event
+(`load_users`), so memory holds only recently active users. Delta rows of the counts are folded
+into one base row when a snapshot is taken. SQLite (WAL, write transactions BEGIN IMMEDIATE) is
+the default; any SQLAlchemy URL works (Postgres: postgresql+psycopg://...).
 """
 
 from __future__ import annotations
@@ -65,20 +71,26 @@ counts_table = Table(
     Column("weights", LargeBinary, nullable=False),  # float64
     sqlite_autoincrement=True,
 )
-windows_table = Table(
-    "stream_windows", metadata,
+windows_table = Table(  # each committed range's (user, item) events, until compaction folds them
+    "stream_window_logs", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("topic", String(249), nullable=False),
     Column("partition", Integer, nullable=False),
-    Column("kind", String(8), nullable=False),  # "log" | "base"
     Column("from_offset", BigInteger, nullable=False),
     Column("to_offset", BigInteger, nullable=False),
     Column("users", LargeBinary, nullable=False),  # int64
-    Column("positions", LargeBinary, nullable=True),  # base only: int64 per user
-    Column("ptr", LargeBinary, nullable=True),  # base only: int64 (U+1,)
     Column("items", LargeBinary, nullable=False),  # int64
     sqlite_autoincrement=True,
 )
+user_windows_table = Table(  # each user's window as of the folded logs
+    "stream_user_windows", metadata,
+    Column("topic", String(249), primary_key=True),
+    Column("partition", Integer, primary_key=True),
+    Column("user_id", BigInteger, primary_key=True),
+    Column("position", BigInteger, nullable=False),  # events seen
+    Column("items", LargeBinary, nullable=False),  # int64, the last min(position, window), oldest first
+)
+_IN_CHUNK = 5000  # ids per IN (...) list: under SQLite's and Postgres's bound-parameter limits
 snapshots_table = Table(
     "stream_snapshots", metadata,
     Column("snapshot_id", Integer, primary_key=True, autoincrement=False),
@@ -270,8 +282,8 @@ class StateStore:
                 conn.execute(insert(counts_table).values(
                     kind="delta", created_at=now, n_events=ckpt.n_events, n_increments=ckpt.n_increments,
                     max_time=ckpt.max_time, pair_keys=_i64(ckpt.keys), weights=_f64(ckpt.weights)))
-            rows = [dict(topic=ckpt.topic, partition=p, kind="log", from_offset=ckpt.offsets[p][0],
-                         to_offset=ckpt.offsets[p][1], users=_i64(u), positions=None, ptr=None, items=_i64(i))
+            rows = [dict(topic=ckpt.topic, partition=p, from_offset=ckpt.offsets[p][0],
+                         to_offset=ckpt.offsets[p][1], users=_i64(u), items=_i64(i))
                     for p, (u, i) in sorted(ckpt.logs.items()) if len(u)]
             if rows:
                 conn.execute(insert(windows_table), rows)
@@ -319,29 +331,79 @@ class StateStore:
                 return conn.execute(query).scalar_one()
 
     def load_windows(self, topic: str, partition: int, window: int) -> WindowTable:
-        """The committed windows of one partition's users (base folded with its logs)."""
+        """The committed windows of all of one partition's users (folded rows, then their logs)."""
         with self._read() as conn:
-            rows = conn.execute(select(windows_table).where(
-                windows_table.c.topic == topic, windows_table.c.partition == partition)
-                .order_by(windows_table.c.from_offset, windows_table.c.id)).all()
-        return self._fold(rows, window)
+            base = self._user_rows(conn, topic, partition, None)
+            logs = self._logs(conn, topic, partition)
+        return self._fold(base, logs, window)
+
+    def load_users(self, topic: str, partition: int, users: np.ndarray) -> WindowTable:
+        """The folded windows of these users (those without a row are left out).
+
+        Exact only once the partition's logs of these users' events are compacted; the worker
+        compacts a partition before taking it over and evicts only users whose events are folded.
+        """
+        with self._read() as conn:
+            return self._user_rows(conn, topic, partition, users)
 
     @staticmethod
-    def _fold(rows: Sequence[Any], window: int) -> WindowTable:
-        base = WindowTable.empty()
-        logs_u: list[np.ndarray] = []
-        logs_i: list[np.ndarray] = []
-        for r in rows:
-            if r.kind == "base":
-                if logs_u:
-                    raise RuntimeError("a window base row follows log rows of the same partition")
-                base = WindowTable(_from_i64(r.users), _from_i64(r.positions), _from_i64(r.ptr), _from_i64(r.items))
-            else:
-                logs_u.append(_from_i64(r.users))
-                logs_i.append(_from_i64(r.items))
-        if not logs_u:
+    def _user_rows(conn: Connection, topic: str, partition: int, users: np.ndarray | None) -> WindowTable:
+        t = user_windows_table
+        query = select(t.c.user_id, t.c.position, t.c["items"]).where(t.c.topic == topic, t.c.partition == partition)
+        if users is None:
+            rows = conn.execute(query).all()
+        else:
+            ids = np.unique(np.asarray(users, dtype=np.int64)).tolist()
+            rows = [r for lo in range(0, len(ids), _IN_CHUNK)
+                    for r in conn.execute(query.where(t.c.user_id.in_(ids[lo:lo + _IN_CHUNK]))).all()]
+        if not rows:
+            return WindowTable.empty()
+        blobs = [r.items for r in rows]
+        lengths = np.fromiter((len(b) // 8 for b in blobs), dtype=np.int64, count=len(blobs))
+        return WindowTable(np.fromiter((r.user_id for r in rows), dtype=np.int64, count=len(rows)),
+                           np.fromiter((r.position for r in rows), dtype=np.int64, count=len(rows)),
+                           np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                           _from_i64(b"".join(blobs)))
+
+    @staticmethod
+    def _logs(conn: Connection, topic: str, partition: int) -> list[Any]:
+        return conn.execute(select(windows_table).where(
+            windows_table.c.topic == topic, windows_table.c.partition == partition)
+            .order_by(windows_table.c.from_offset, windows_table.c.id)).all()
+
+    @staticmethod
+    def _fold(base: WindowTable, logs: Sequence[Any], window: int) -> WindowTable:
+        if not logs:
             return base
-        return fold_histories(base, np.concatenate(logs_u), np.concatenate(logs_i), window)
+        return fold_histories(base, np.concatenate([_from_i64(r.users) for r in logs]),
+                              np.concatenate([_from_i64(r.items) for r in logs]), window)
+
+    def compact_windows(self, topic: str, partition: int, window: int, max_events: int | None = None) -> bool:
+        """Fold the partition's logs, oldest first, into its users' rows (one transaction), at
+        least one log and about `max_events` events at most (None: all); True when none is left."""
+        t = user_windows_table
+        with self._write() as conn:
+            # Taking the offset row serialises this with commits and other compactions of the partition.
+            conn.execute(select(offsets_table.c.next_offset).where(
+                offsets_table.c.topic == topic, offsets_table.c.partition == partition).with_for_update())
+            logs = self._logs(conn, topic, partition)
+            if not logs:
+                return True
+            if max_events is not None:  # a bounded step, so commits queued behind it wait little
+                sizes = np.cumsum([len(r.users) // 8 for r in logs])
+                logs = logs[:max(1, int(np.searchsorted(sizes, max_events, side="right")))]
+            done = len(logs) == len(sizes) if max_events is not None else True
+            users = np.concatenate([_from_i64(r.users) for r in logs])
+            folded = self._fold(self._user_rows(conn, topic, partition, users), logs, window)
+            ids, positions, ptr, flat = folded.users.tolist(), folded.positions.tolist(), folded.ptr.tolist(), folded.flat
+            for lo in range(0, len(ids), _IN_CHUNK):  # in chunks: the rows' Python objects stay few
+                chunk = range(lo, min(lo + _IN_CHUNK, len(ids)))
+                conn.execute(delete(t).where(t.c.topic == topic, t.c.partition == partition,
+                                             t.c.user_id.in_(ids[lo:lo + _IN_CHUNK])))
+                conn.execute(insert(t), [dict(topic=topic, partition=partition, user_id=ids[k], position=positions[k],
+                                              items=_i64(flat[ptr[k]:ptr[k + 1]])) for k in chunk])
+            conn.execute(delete(windows_table).where(windows_table.c.id.in_([r.id for r in logs])))
+            return done
 
     def committed(self, topic: str) -> CommittedState:
         """All committed counts, the number of events behind them and the offsets they cover."""
@@ -361,7 +423,7 @@ class StateStore:
         return CommittedState(counts, n_events, offsets, max_time)
 
     def compact(self, topic: str, window: int) -> None:
-        """Fold count deltas into one base row and each partition's logs into a base window row."""
+        """Fold count deltas into one base row, and every partition's window logs (compact_windows)."""
         with self._write() as conn:
             conn.execute(delete(dead_letters_table).where(dead_letters_table.c.forwarded.is_(True)))
             rows = conn.execute(select(counts_table)).all()
@@ -380,20 +442,11 @@ class StateStore:
                 conn.execute(insert(counts_table).values(
                     kind="base", created_at=time.time(), n_events=n_events, n_increments=n_inc,
                     max_time=max_time, pair_keys=_i64((a << 32) | b), weights=_f64(w)))
+        with self._read() as conn:
             parts = conn.execute(select(windows_table.c.partition).where(windows_table.c.topic == topic)
                                  .group_by(windows_table.c.partition)).scalars().all()
-            for p in parts:
-                wrows = conn.execute(select(windows_table).where(
-                    windows_table.c.topic == topic, windows_table.c.partition == p)
-                    .order_by(windows_table.c.from_offset, windows_table.c.id)).all()
-                if len(wrows) < 2:
-                    continue
-                table = self._fold(wrows, window)
-                conn.execute(delete(windows_table).where(windows_table.c.id.in_([r.id for r in wrows])))
-                conn.execute(insert(windows_table).values(
-                    topic=topic, partition=p, kind="base", from_offset=wrows[0].from_offset,
-                    to_offset=max(r.to_offset for r in wrows), users=_i64(table.users),
-                    positions=_i64(table.positions), ptr=_i64(table.ptr), items=_i64(table.flat)))
+        for p in parts:
+            self.compact_windows(topic, p, window)
 
     def last_snapshot(self) -> dict[str, Any] | None:
         with self._read() as conn:

@@ -80,3 +80,13 @@ def test_dropping_a_partition_forgets_only_its_users():
     assert sorted(win.export().users.tolist()) == [3]
     ctx = win.extend(np.array([1]), np.array([11]), partition=0)
     assert ctx.positions.tolist() == [0]  # user 1 starts afresh
+
+
+def test_evict_forgets_users_stamped_before_the_cutoff_and_keeps_the_rest():
+    win = UserWindows(window=2)
+    win.extend(np.array([1, 2]), np.array([10, 20]), partition=0, stamp=1.0)
+    win.extend(np.array([2, 3]), np.array([21, 30]), partition=0, stamp=5.0)
+    assert win.evict(before=4.0) == 1
+    table = win.export()
+    assert sorted(zip(table.users.tolist(), table.positions.tolist())) == [(2, 2), (3, 1)]
+    assert win.find(np.array([1, 2, 3])).tolist()[0] == -1

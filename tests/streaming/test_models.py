@@ -69,6 +69,16 @@ def test_a_message_split_across_two_records_does_not_become_valid():
     assert len(cols) == 0 and [i for i, _ in rejects] == [0, 1, 2]
 
 
+def test_a_record_holding_two_canonical_lines_is_rejected_and_its_neighbours_kept():
+    # The whole-batch path matches canonical messages line by line: a newline inside a record
+    # must not let it pass as two events.
+    two = encode_event("a", 1, 2, 3.0) + b"\n" + encode_event("b", 4, 5, 6.0)
+    cols, rejects = decode_values([encode_event("c", 7, 8, 9.0), two, encode_event("d", 10, 11, 12.0)])
+    assert cols.index.tolist() == [0, 2] and cols.user_ids.tolist() == [7, 10] and [i for i, _ in rejects] == [1]
+    cols, rejects = decode_values([encode_event("c", 7, 8, 9.5), encode_event("d", 10, 11, 12.25)])
+    assert not rejects and cols.timestamps.tolist() == [9.5, 12.25] and cols.item_ids.tolist() == [8, 11]
+
+
 events = st.fixed_dictionaries({
     "event_id": st.text(min_size=1, max_size=10),
     "user_id": st.integers(-5, MAX_ID + 5),

@@ -205,3 +205,59 @@ def test_dead_letters_are_committed_with_their_offsets_and_leave_the_outbox_once
     assert store.outbox(cfg.topics.events, {0}) == []
     store.compact(cfg.topics.events, cfg.graph.window)  # forwarded rows are dropped
     assert store.offsets(cfg.topics.events) == {0: 4}
+
+
+def test_users_evicted_after_their_ttl_are_reloaded_and_count_exactly_as_without_eviction(cfg, events):
+    from dataclasses import replace
+
+    users, items, times, values, partitions = events
+    ends = _ends(partitions)
+    evicting = replace(cfg, user_ttl_s=0.0, compact_interval_s=1e-6, data_dir=cfg.data_dir + "/ttl")
+    kept = replace(cfg, data_dir=cfg.data_dir + "/kept")
+    for name, c in (("ttl", evicting), ("kept", kept)):
+        proc = StreamProcessor(c, StateStore(c.store))
+        for p in range(N_PARTITIONS):
+            proc.assign(p, 0)
+        for k in range(1, 11):  # ten checkpoints; with TTL 0 every checkpoint's users leave memory
+            _feed(proc, values, partitions, {p: e * k // 10 for p, e in ends.items()}, chunk=53)
+            proc.checkpoint()
+        state = proc.store.committed(c.topics.events)
+        assert state.n_events == len(values)
+        assert_counts_equal(state.counts, batch_counts(users, items, times, c.graph))
+        if name == "ttl":
+            assert proc.n_evicted > 5 * len(np.unique(users))  # users left and came back, many times
+            evicted_windows = [proc.store.load_windows(c.topics.events, p, c.graph.window) for p in range(N_PARTITIONS)]
+    kept_store = StateStore(kept.store)
+    for p, got in enumerate(evicted_windows):
+        want = kept_store.load_windows(kept.topics.events, p, kept.graph.window)
+        order_g, order_w = np.argsort(got.users), np.argsort(want.users)
+        assert np.array_equal(got.users[order_g], want.users[order_w])
+        assert np.array_equal(got.positions[order_g], want.positions[order_w])
+
+
+def test_window_compaction_in_bounded_steps_folds_every_log_once_and_in_order(cfg, events):
+    from dataclasses import replace
+
+    users, items, times, values, partitions = events
+    cfg = replace(cfg, compact_interval_s=1e9)  # only the calls below compact
+    store = StateStore(cfg.store)
+    proc = StreamProcessor(cfg, store)
+    for p in range(N_PARTITIONS):
+        proc.assign(p, 0)
+    ends = _ends(partitions)
+    for k in range(1, 6):
+        _feed(proc, values, partitions, {p: e * k // 5 for p, e in ends.items()})
+        proc.checkpoint()
+    topic, window = cfg.topics.events, cfg.graph.window
+    before = store.load_windows(topic, 0, window)
+    steps = 1
+    while not store.compact_windows(topic, 0, window, max_events=ends[0] // 4):
+        steps += 1
+    assert steps > 2  # five logs of ~ends/5 events, at most ~ends/4 per step
+    after = store.load_windows(topic, 0, window)
+    for field in ("users", "positions"):
+        assert np.array_equal(np.sort(getattr(before, field)), np.sort(getattr(after, field)))
+    got = dict(zip(after.users.tolist(), (after.flat[a:b].tolist() for a, b in zip(after.ptr[:-1], after.ptr[1:]))))
+    mine = partitions == 0
+    for u in np.unique(users[mine])[:10].tolist():
+        assert got[u] == items[users == u][-window:].tolist()

@@ -52,9 +52,9 @@ def store_url(request, tmp_path):
     return url
 
 
-def _worker(broker, topic, tmp_path, name, group=None, data=None, store_url=None) -> Worker:
+def _worker(broker, topic, tmp_path, name, group=None, data=None, store_url=None, partitions=PARTITIONS) -> Worker:
     """A worker process; `data` names the data directory (shared by workers of one group)."""
-    args = ["--bootstrap", broker.bootstrap, "--topic", topic, "--partitions", str(PARTITIONS),
+    args = ["--bootstrap", broker.bootstrap, "--topic", topic, "--partitions", str(partitions),
             "--group-id", group or f"{topic}-{name}", "--data-dir", str(tmp_path / (data or name)),
             "--r", str(GRAPH.r), "--window", str(GRAPH.window), "--seed", str(GRAPH.seed),
             "--checkpoint-interval", "0.3", "--session-timeout", "3", "--snapshot-interval", "1",
@@ -185,6 +185,61 @@ def test_two_workers_sharing_the_partitions_count_like_one(kafka_broker, tmp_pat
         assert a.offsets == b.offsets
     finally:
         for w in [single, *pair]:
+            w.stop()
+
+
+def test_four_workers_on_eight_partitions_count_exactly_through_a_kill_and_a_join_mid_replay(
+        kafka_broker, tmp_path):
+    topic = f"churn{next(_topics)}"
+    n_partitions = 8
+    log = _log(n_users=1500, seed=6)  # ~30k events, replayed over ~20 s
+    create_topics(kafka_broker.bootstrap, {topic: n_partitions})
+    url = f"sqlite:///{tmp_path / 'churn' / 'stream.sqlite'}"
+    store = StateStore(url)
+
+    def start(name: str) -> Worker:
+        return _worker(kafka_broker, topic, tmp_path, name, group=f"{topic}-g", data="churn", store_url=url,
+                       partitions=n_partitions)
+
+    workers = [start(f"c{k}") for k in range(4)]
+    try:
+        wait_for(lambda: sorted(p for w in workers for p in _assigned(w)) == list(range(n_partitions)), 90,
+                 "eight partitions over four workers", workers=workers)
+        done = threading.Event()
+        errors: list[BaseException] = []
+
+        def produce():
+            try:
+                replay(log, ReplayConfig(kafka_broker.bootstrap, topic, rate=len(log) / 20), n_partitions,
+                       progress=False)
+            except BaseException as e:  # reported by the main thread
+                errors.append(e)
+            finally:
+                done.set()
+
+        threading.Thread(target=produce, daemon=True).start()
+        wait_for(lambda: _committed(store, topic) > len(log) // 5, 60, "a fifth of the events", workers=workers)
+        victim = workers.pop(1)
+        victim.kill()  # its partitions wait for its session to expire, then move
+        killed_mid_replay = not done.is_set()
+        wait_for(lambda: _committed(store, topic) > len(log) // 2, 60, "half of the events", workers=workers)
+        workers.append(start("c4"))
+        joined_mid_replay = not done.is_set()
+        wait_for(done.is_set, 90, "the replay")
+        assert not errors, errors
+        assert killed_mid_replay and joined_mid_replay
+        wait_for(lambda: sum(store.offsets(topic).values()) == len(log), 90, f"all {len(log)} offsets",
+                 workers=workers)
+        assert _assigned(workers[-1]), "the fifth worker never got a partition"
+        state = store.committed(topic)
+        assert state.n_events == len(log)
+        assert_counts_equal(state.counts, batch_counts(log.users, log.items, log.times, GRAPH))
+        table = read_events(tmp_path / "churn" / "eventlog", committed=state.offsets)
+        assert table.num_rows == len(log)
+        assert sorted(zip(table["user_id"].to_pylist(), table["item_id"].to_pylist())) == sorted(
+            zip(log.users.tolist(), log.items.tolist()))
+    finally:
+        for w in workers:
             w.stop()
 
 
@@ -321,7 +376,7 @@ def test_sigterm_commits_the_pending_work_before_exiting(kafka_broker, tmp_path)
     data = tmp_path / "w"
     worker = Worker(["--bootstrap", kafka_broker.bootstrap, "--topic", topic, "--data-dir", str(data),
                      "--r", str(GRAPH.r), "--window", str(GRAPH.window), "--seed", str(GRAPH.seed),
-                     "--checkpoint-interval", "3600", "--session-timeout", "3",
+                     "--checkpoint-interval", "3600", "--no-eager-checkpoints", "--session-timeout", "3",
                      "--metrics-path", str(tmp_path / "w.metrics")], tmp_path / "w.log")
     try:
         # Fetched and applied, but with an hour-long checkpoint interval nothing is committed yet.
