@@ -47,12 +47,15 @@ def _ratio(a: float, b: float) -> float | None:
 
 @click.command()
 @click.option("--slices", default="0.55,0.7,0.85,1.0", show_default=True, help="cumulative shares of the time span")
-@click.option("--full-minutes", type=float, default=1.0, show_default=True, help="cap on a full retrain")
-@click.option("--finetune-minutes", type=float, default=0.25, show_default=True, help="cap on a fine-tune")
+@click.option("--full-minutes", type=float, default=3.0, show_default=True, help="cap on a full retrain")
+@click.option("--finetune-epochs", type=int, default=2, show_default=True, help="epochs of a fine-tune")
+@click.option("--finetune-minutes", type=float, default=1.0, show_default=True, help="cap on a fine-tune")
 @click.option("--out", type=click.Path(dir_okay=False), default=str(REPO / "bench" / "results" / "train-service.json"),
               show_default=True)
-@click.option("--hardware", default="2-core CPU dev machine, shared", show_default=True)
-def command(slices: str, full_minutes: float, finetune_minutes: float, out: str, hardware: str) -> None:
+@click.option("--hardware", default="2-core CPU dev machine (no GPU), shared with other agents' jobs and loaded",
+              show_default=True)
+def command(slices: str, full_minutes: float, finetune_epochs: int, finetune_minutes: float, out: str,
+            hardware: str) -> None:
     """Benchmark the training service's cycles; writes bench/results/train-service.json."""
     import torch
 
@@ -86,10 +89,15 @@ def command(slices: str, full_minutes: float, finetune_minutes: float, out: str,
     pipe = preset("ml-100k", "g2rec", data_root())
     pipe = replace(pipe, threads=2, train=replace(pipe.train, epochs=60, eval_every=2, patience=3,
                                                   max_minutes=full_minutes, progress=False))
-    finetune = TrainConfig(**{**pipe.train.to_dict(), "epochs": 8, "eval_every": 1, "patience": 2,
+    # The fine-tune's budget is counted in epochs, so the load of the shared machine does not change
+    # what is trained: 2 epochs (validation NDCG@10 0.0345 after 1, 0.0444 after 2 on the second
+    # slice; the full retrain from scratch reached 0.0315 in 1.5 minutes).
+    finetune = TrainConfig(**{**pipe.train.to_dict(), "epochs": finetune_epochs, "eval_every": 1, "patience": 2,
                               "max_minutes": finetune_minutes})
     result: dict = {"hardware": hardware, "cpus": os.cpu_count(), "python": platform.python_version(),
                     "dataset": "ml-100k", "events": int(len(users)), "slices": cuts,
+                    "budgets": {"full_retrain_minutes": full_minutes, "finetune_epochs": finetune_epochs,
+                                "finetune_minutes_cap": finetune_minutes},
                     "loadavg_1m_at_start": round(os.getloadavg()[0], 2), "cycles": []}
     driver = StreamDriver(work / "stream", topic="bench-events", partitions=4, r=10, window=50,
                           bootstrap=broker.bootstrap)
@@ -104,7 +112,7 @@ def command(slices: str, full_minutes: float, finetune_minutes: float, out: str,
     service = TrainService(cfg)
     try:
         lo = 0
-        prev_profiles = None
+        prev_profiles, prev_folder = None, None
         for k, share in enumerate(cuts, start=1):
             hi = int(share * len(users))
             driver.feed(users[lo:hi], items[lo:hi], times[lo:hi])
@@ -123,26 +131,39 @@ def command(slices: str, full_minutes: float, finetune_minutes: float, out: str,
             folder = Path(cfg.work_dir) / "cycles" / f"{cycle.store_id}-{cycle.snapshot_id:08d}"
             metrics = json.loads((folder / "metrics.json").read_text())
             row["parity"] = {k2: stage["export"][k2] for k2 in ("max_abs_diff", "top10_share", "users")}
-            row["warm_recluster"] = {k2: stage["recluster"][k2] for k2 in ("warm", "iterations", "seconds", "modularity")}
+            row["service_recluster"] = {k2: stage["recluster"][k2] for k2 in ("warm", "iterations", "seconds", "modularity")}
             row["changed_primary_share"] = stage["recluster"]["changed_primary_share"]
             row["gate_ndcg10"] = metrics["gate"]["ndcg@10"]
             row["full_retrain"] = metrics["full_retrain"]
             row["train_seconds"] = round(metrics["train_seconds"], 2)
             row["new_items"] = metrics["new_items"]
+            row["gate_valid_ndcg10"] = metrics["valid"]["ndcg@10"]
             if prev_profiles is not None:
+                # Warm and cold side by side on the same snapshot, resolution and warm profiles (the
+                # previous cycle's, as published), twice each alternating, the faster run kept: the
+                # machine is shared, so one run's seconds swing several-fold.
                 snap = stages.load_snapshot(cycle.path, cycle.snapshot_id)
                 ccfg = replace(pipe.cluster, resolution=cycle.resolution, auto_resolution=False)
-                _, cold = cluster(snap, ccfg)
-                row["cold_recluster"] = {"iterations": cold.iterations, "seconds": round(cold.seconds, 3),
-                                         "modularity": cold.modularity}
+                warm_in = stages.load_profiles(prev_folder / "profiles.npz")
+                runs = {"warm": [], "cold": []}
+                for _ in range(2):
+                    runs["warm"].append(cluster(snap, ccfg, warm=warm_in)[1])
+                    runs["cold"].append(cluster(snap, ccfg)[1])
+                for kind, reports in runs.items():
+                    r = min(reports, key=lambda x: x.seconds)
+                    row[f"{kind}_recluster"] = {"iterations": r.iterations, "seconds": round(r.seconds, 3),
+                                                "modularity": r.modularity, "runs_s": [round(x.seconds, 3) for x in reports]}
+                row["warm_recluster"]["changed_primary_share"] = runs["warm"][0].changed_primary / max(
+                    int(np.isin(snap.item_ids[1:], warm_in.item_ids[1:]).sum()), 1)
                 offsets = {int(p): int(o) for p, o in json.loads(cycle.offsets).items()}
                 history = stages.load_histories(cfg.event_log, offsets)
                 profiles = stages.load_profiles(folder / "profiles.npz")
                 full = stages.train_cycle(history, profiles, None, stages.TrainPlan(True, pipe.train), pipe.model,
                                           pipe.train.seed, cfg.eval_users)
                 row["full_retrain_comparison"] = {"gate_ndcg10": full.metrics["gate"]["ndcg@10"],
+                                                  "valid_ndcg10": full.metrics["valid"]["ndcg@10"],
                                                   "train_seconds": round(full.metrics["train_seconds"], 2)}
-            prev_profiles = cycle.profile_version
+            prev_profiles, prev_folder = cycle.profile_version, folder
             result["cycles"].append(row)
             click.echo(json.dumps(row))
         later = [c for c in result["cycles"] if "cold_recluster" in c]
@@ -151,8 +172,12 @@ def command(slices: str, full_minutes: float, finetune_minutes: float, out: str,
                                              sum(c["cold_recluster"]["seconds"] for c in later)),
             "warm_over_cold_modularity": _ratio(np.mean([c["warm_recluster"]["modularity"] for c in later]),
                                                 np.mean([c["cold_recluster"]["modularity"] for c in later])),
-            "finetune_over_retrain_ndcg": _ratio(np.mean([c["gate_ndcg10"] for c in later]),
-                                                 np.mean([c["full_retrain_comparison"]["gate_ndcg10"] for c in later])),
+            # validation NDCG@10 (each user's second-latest event), the figure budgets were chosen on;
+            # the gate (latest event) ratio is reported beside it, never tuned on.
+            "finetune_over_retrain_ndcg": _ratio(np.mean([c["gate_valid_ndcg10"] for c in later]),
+                                                 np.mean([c["full_retrain_comparison"]["valid_ndcg10"] for c in later])),
+            "finetune_over_retrain_gate_ndcg": _ratio(np.mean([c["gate_ndcg10"] for c in later]),
+                                                      np.mean([c["full_retrain_comparison"]["gate_ndcg10"] for c in later])),
             "finetune_over_retrain_seconds": _ratio(sum(c["train_seconds"] for c in later),
                                                     sum(c["full_retrain_comparison"]["train_seconds"] for c in later)),
             "snapshot_to_promoted_s_max": max(c["snapshot_to_promoted_s"] for c in result["cycles"]),

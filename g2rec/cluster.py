@@ -44,6 +44,7 @@ from g2rec.partition import (
     hash_ints,
     label_propagation,
     labels_to_clusters,
+    local_moves,
     modularity_propagation,
     neighbour_gains,
     row_dedupe,
@@ -84,6 +85,12 @@ class ClusterConfig:
                      "moves" = multilevel modularity local moves from singletons (a synchronous
                      Louvain at this resolution); "auto" = both, keeping the higher modularity.
     init_rounds:     at most this many propagation rounds (per level) for a cold start.
+    warm_rounds:     warm start: at most this many rounds of modularity local moves from the warm
+                     primary partition (cluster ids kept); an item that moves restarts as a hard
+                     member of its new cluster, the others keep their soft warm rows. On a newer
+                     snapshot the old partition has lost modularity the soft Adam steps regain only
+                     slowly (ML-100K, 55% -> 70% of the span: 0.108 warm vs 0.145 cold at the start).
+    warm_iters, warm_tol: Adam budget and convergence tolerance of a warm start (None: iters, tol).
     init_logit:      logit given to an item's initial cluster (other candidates start at 0).
     min_weight:      memberships below this weight are dropped from the profiles.
     tol:             stop when the objective gains less than this over one refresh period.
@@ -111,6 +118,9 @@ class ClusterConfig:
     tol: float = 1e-4
     softness: float = 0.05
     auto_resolution: bool = False
+    warm_rounds: int = 0
+    warm_iters: int | None = None
+    warm_tol: float | None = None
 
     def __post_init__(self) -> None:
         if self.n_clusters < 1:
@@ -121,8 +131,10 @@ class ClusterConfig:
             raise ConfigError(f"n_candidates={self.n_candidates} must be <= 127")
         if self.temperature <= 0 or self.lr <= 0:
             raise ConfigError(f"temperature={self.temperature} and lr={self.lr} must be positive")
-        if self.iters < 0 or self.init_rounds < 0 or self.refresh_every < 1:
-            raise ConfigError("iters and init_rounds must be >= 0, refresh_every >= 1")
+        if self.iters < 0 or self.init_rounds < 0 or self.warm_rounds < 0 or self.refresh_every < 1:
+            raise ConfigError("iters, init_rounds and warm_rounds must be >= 0, refresh_every >= 1")
+        if (self.warm_iters is not None and self.warm_iters < 0) or (self.warm_tol is not None and self.warm_tol < 0):
+            raise ConfigError(f"warm_iters={self.warm_iters} and warm_tol={self.warm_tol} must be >= 0")
         if self.collapse_weight < 0 or self.resolution <= 0:
             raise ConfigError("collapse_weight must be >= 0 and resolution > 0")
         if self.init not in ("auto", "lpa", "moves"):
@@ -412,8 +424,12 @@ def _initial_rows(g: WorkGraph, cfg: ClusterConfig, snapshot: EdgeSnapshot, warm
     prim = torch.where(found_t, w_c[:, 0], -1)
     hard = hard_assign(g, prim, k, rounds=5, resolution=cfg.resolution)
     hard = torch.where(hard >= 0, hard, fallback)
-    clusters = torch.where(found_t[:, None], w_c, hard[:, None])
-    logits[~found_t, 0] = cfg.init_logit
+    if cfg.warm_rounds and len(g.src):
+        hard = local_moves(g.src, g.dst, g.w, g.deg, g.two_m, cfg.resolution, cfg.warm_rounds, cfg.seed, 1e-3, hard)
+    kept = found_t & (hard == prim)  # rows that keep their soft warm memberships
+    clusters = torch.where(kept[:, None], w_c, hard[:, None])
+    logits = torch.where(kept[:, None], logits, -math.inf)
+    logits[~kept, 0] = cfg.init_logit
     return _InitialRows(clusters, logits, prim)
 
 
@@ -484,9 +500,11 @@ def cluster(
     state = start_state(gr, cfg, init_c[order], init_logit[order])
     t_iter = time.perf_counter()
     done, objective, last_checkpoint = 0, -math.inf, -math.inf
-    for it in range(cfg.iters):
+    iters = cfg.warm_iters if warm is not None and cfg.warm_iters is not None else cfg.iters
+    tol = cfg.warm_tol if warm is not None and cfg.warm_tol is not None else cfg.tol
+    for it in range(iters):
         if it and it % cfg.refresh_every == 0:
-            if objective - last_checkpoint < cfg.tol:
+            if objective - last_checkpoint < tol:
                 break  # converged: one refresh period gained less than tol
             last_checkpoint = objective
             state.refresh(salt=it)

@@ -179,13 +179,14 @@ def label_propagation(g: WorkGraph, max_rounds: int, seed: int, resolution: floa
 
 def local_moves(
     src: torch.Tensor, dst: torch.Tensor, w: torch.Tensor, deg: torch.Tensor, two_m: float,
-    resolution: float, max_rounds: int, seed: int, tol: float,
+    resolution: float, max_rounds: int, seed: int, tol: float, start: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Semi-synchronous modularity local moves from singletons on one level (no self loops in the
-    edge list; deg includes internal weight). Each round a random half of the nodes move to the
-    neighbouring label of best gain k_i,l - gamma d_i D_l / 2m when it beats staying."""
+    """Semi-synchronous modularity local moves on one level (no self loops in the edge list; deg
+    includes internal weight), from `start` (labels in [0, n)) or else from singletons. Each round
+    a random half of the nodes move to the neighbouring label of best gain k_i,l - gamma d_i D_l / 2m
+    when it beats staying; labels only ever take values already present."""
     n = len(deg)
-    labels = torch.arange(n, device=src.device)
+    labels = torch.arange(n, device=src.device) if start is None else start.clone()
     nodes = torch.arange(n, device=src.device)
     for t in range(max_rounds):
         d_l = torch.zeros(n, dtype=torch.float64, device=src.device).index_add_(0, labels, deg)

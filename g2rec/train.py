@@ -10,8 +10,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch import nn
 from tqdm.auto import tqdm
 
+from g2rec.cluster import pick_device
 from g2rec.errors import ConfigError
 from g2rec.metrics import LooSplit, metrics_from_ranks, target_ranks
 from g2rec.model import G2RecModel, mix
@@ -34,10 +37,18 @@ class TrainConfig:
     progress: bool = True
     ema: float = 0.0  # > 0: validate, early-stop and keep an exponential moving average of the weights at this decay per step
     target_weighting: bool = False  # scale each batch's mean loss by its share of targets, so every target weighs the same
+    device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda[:n]"; the trained model is handed back on the CPU
+    # CUDA only (CPU trains in fp32): "auto" = bf16 autocast where supported, else fp16 autocast with
+    # a GradScaler; "bf16", "fp16" force one; "fp32" turns mixed precision off.
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"ema must lie in [0, 1), got {self.ema}")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ConfigError(f"device={self.device!r} must be 'auto', 'cpu' or 'cuda[:n]'")
+        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
+            raise ConfigError(f"precision={self.precision!r} must be 'auto', 'bf16', 'fp16' or 'fp32'")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,6 +95,82 @@ def batch_loss(model: G2RecModel, batch: torch.Tensor, mean_targets: float | Non
     return loss * ((batch[:, :-1] > 0).sum() / mean_targets)
 
 
+def world() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed group, (0, 1) outside one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _BatchLoss(nn.Module):
+    """batch_loss as a module's forward, so DistributedDataParallel can wrap it (DDP hooks the
+    gradients of what its module's forward computes; model.loss is not the model's forward)."""
+
+    def __init__(self, model: G2RecModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: torch.Tensor, mean_targets: float | None) -> torch.Tensor:
+        return batch_loss(self.model, batch, mean_targets)
+
+
+def data_parallel(model: G2RecModel) -> nn.Module:
+    """The module a training step calls: inside a torch.distributed group of more than one process,
+    DistributedDataParallel (gradients averaged over the ranks in backward), else the plain loss."""
+    step = _BatchLoss(model)
+    if world()[1] == 1:
+        return step
+    from torch.nn.parallel import DistributedDataParallel
+
+    dev = model.item_emb.weight.device
+    # Unused: sampled negatives and the interest head leave some parameters without a gradient in a step.
+    return DistributedDataParallel(step, device_ids=[dev] if dev.type == "cuda" else None, find_unused_parameters=True)
+
+
+def amp_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype of training on `device` (None: fp32). Mixed precision is CUDA only."""
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def train_epoch(step: nn.Module, opt: torch.optim.Optimizer, batches: list[torch.Tensor], mean_targets: float | None,
+                dtype: torch.dtype | None = None, scaler=None, on_step=None) -> list[float]:
+    """One pass over `batches`, one optimiser step per batch on each rank: in a group of W
+    processes rank r takes batches r, r+W, ... (cut to a multiple of W, so every rank steps equally
+    often) and DDP averages their gradients. Returns this rank's batch losses."""
+    rank, size = world()
+    batches = batches[: len(batches) // size * size][rank::size]
+    dev = next(step.parameters()).device
+    losses = []
+    for batch in batches:
+        with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+            loss = step(batch.to(dev, non_blocking=True), mean_targets)
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        if on_step is not None:
+            on_step()
+        losses.append(loss.item())
+    return losses
+
+
+def _any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is on any (stopping decisions must agree, or a rank hangs)."""
+    if world()[1] == 1:
+        return flag
+    t = torch.tensor([float(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 @torch.no_grad()
 def evaluate(model: G2RecModel, split: LooSplit, stage: str, batch_size: int = 256) -> dict[str, dict[str, float]]:
     """Full-ranking metrics on `stage`: {"masked": history excluded, "unmasked": not excluded}."""
@@ -103,17 +190,18 @@ def _evaluate(model: G2RecModel, split: LooSplit, stage: str, batch_size: int, w
     """weights: [None] scores with model.score; else mixes model.score_parts with each weight."""
     was_training = model.training
     model.eval()
+    dev = model.item_emb.weight.device
     inputs, targets = split.inputs(stage), split.targets(stage)
     order = np.argsort([len(h) for h in inputs], kind="stable")
     ranks = {w: (np.empty(len(inputs)), np.empty(len(inputs))) for w in weights}  # (masked, unmasked)
     for i in range(0, len(order), batch_size):
         idx = order[i : i + batch_size]
         hist = [inputs[j] for j in idx]
-        x = torch.from_numpy(pad_left(hist, min(model.cfg.max_len, max(len(h) for h in hist))))
+        x = torch.from_numpy(pad_left(hist, min(model.cfg.max_len, max(len(h) for h in hist)))).to(dev)
         t = torch.as_tensor(targets[idx])
         parts = model.score_parts(x) if weights != [None] else None
         for w, (masked, unmasked) in ranks.items():
-            scores = model.score(x) if w is None else mix(*parts, w)
+            scores = (model.score(x) if w is None else mix(*parts, w)).float().cpu()
             masked[idx] = target_ranks(scores, t, hist).numpy()
             unmasked[idx] = target_ranks(scores, t, None).numpy()
     model.train(was_training)
@@ -140,11 +228,19 @@ def _weights(model: G2RecModel, avg: list[torch.Tensor] | None):
 def fit(model: G2RecModel, split: LooSplit, cfg: TrainConfig) -> FitResult:
     """Adam on all next-item targets; early stopping on validation NDCG@10 (history excluded),
     scored with the moving average of the weights when cfg.ema > 0 (it smooths the step-to-step
-    noise that otherwise makes validation swing). Leaves the model holding its best-validation weights."""
+    noise that otherwise makes validation swing). Leaves the model holding its best-validation
+    weights, on the CPU. Trains on cfg.device (mixed precision on CUDA, see TrainConfig); inside a
+    torch.distributed group each rank trains on its share of the batches (train_epoch) and every
+    rank validates the whole split, so all stop together."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
+    dev = pick_device(cfg.device)
+    model.to(dev)
+    dtype = amp_dtype(dev, cfg.precision)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     seqs = training_sequences(split.train, model.cfg.max_len)
     mean_targets = sum(len(s) - 1 for s in seqs) / -(-len(seqs) // cfg.batch_size)  # per batch
+    step = data_parallel(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     params = list(model.parameters())
     avg = [p.detach().clone() for p in params] if cfg.ema > 0 else None
@@ -155,18 +251,16 @@ def fit(model: G2RecModel, split: LooSplit, cfg: TrainConfig) -> FitResult:
     bar = tqdm(total=cfg.epochs, disable=not cfg.progress, desc=f"train {model.cfg.mode}", unit="ep")
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        losses = []
-        for batch in length_batches(seqs, cfg.batch_size, rng):
-            loss = batch_loss(model, batch, mean_targets if cfg.target_weighting else None)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if avg is not None:
-                with torch.no_grad():
-                    torch._foreach_lerp_(avg, params, 1.0 - cfg.ema)
-            losses.append(loss.item())
+
+        def average() -> None:
+            with torch.no_grad():
+                torch._foreach_lerp_(avg, params, 1.0 - cfg.ema)
+
+        losses = train_epoch(step, opt, list(length_batches(seqs, cfg.batch_size, rng)),
+                             mean_targets if cfg.target_weighting else None, dtype, scaler,
+                             average if avg is not None else None)
         bar.update(1)
-        out_of_time = time.time() - start > cfg.max_minutes * 60
+        out_of_time = _any_rank(time.time() - start > cfg.max_minutes * 60)
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs or out_of_time:
             with _weights(model, avg):
                 valid = evaluate(model, split, "valid")["masked"]
@@ -183,4 +277,5 @@ def fit(model: G2RecModel, split: LooSplit, cfg: TrainConfig) -> FitResult:
                 break
     bar.close()
     model.load_state_dict(best_state)
+    model.to("cpu")
     return FitResult(best_epoch, best_valid, time.time() - start, epoch, curve)

@@ -27,13 +27,19 @@ def metrics_table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def device_flags(device: str | None) -> dict:
+    """Pipeline overrides that put training and clustering on `device` (None: as configured)."""
+    return {} if device is None else {"train": {"device": device}, "cluster": {"device": device}}
+
+
 def _config(dataset: str, dataset_path: str | None, fmt: str | None, model: str, config: str | None,
-            epochs: int | None, seed: int, minutes: float | None) -> PipelineConfig:
+            epochs: int | None, seed: int, minutes: float | None, device: str | None = None) -> PipelineConfig:
     """The preset, then the JSON overrides file, then the flags: one deep merge (g2rec.config)."""
     cfg = preset(dataset, model, data_root())
     if config:
         cfg = override(cfg, _read_json(Path(config)), config)
-    flags = {"data": {"path": dataset_path, "fmt": fmt}, "train": {"seed": seed}}
+    flags = {"data": {"path": dataset_path, "fmt": fmt}, **device_flags(device)}
+    flags["train"] = {**flags.get("train", {}), "seed": seed}
     if epochs is not None:
         flags["train"]["epochs"] = epochs
     if minutes is not None:
@@ -61,20 +67,32 @@ def with_dataset(f):
     return f
 
 
+def with_train_options(f):
+    """The options of `g2rec train`, shared with its data-parallel launcher (training/ddp.py)."""
+    options = [
+        click.option("--model", type=click.Choice(["items", "g2rec"]), default="items", show_default=True),
+        click.option("--out", type=click.Path(file_okay=False), required=True, help="run directory to write"),
+        click.option("--config", type=click.Path(exists=True, dir_okay=False), default=None, help="JSON overrides"),
+        click.option("--epochs", type=int, default=None),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--minutes", type=float, default=None, help="wall-clock cap on training"),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+                     help="training and clustering device (default: the config's, auto = CUDA when present)"),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return with_dataset(f)
+
+
 @click.command()
-@with_dataset
-@click.option("--model", type=click.Choice(["items", "g2rec"]), default="items", show_default=True)
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="run directory to write")
-@click.option("--config", type=click.Path(exists=True, dir_okay=False), default=None, help="JSON overrides")
-@click.option("--epochs", type=int, default=None)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--minutes", type=float, default=None, help="wall-clock cap on training")
-def train(dataset, dataset_path, fmt, model, out, config, epochs, seed, minutes):
-    """Train a model and write a run directory (model, profiles, metrics)."""
+@with_train_options
+def train(dataset, dataset_path, fmt, model, out, config, epochs, seed, minutes, device):
+    """Train a model and write a run directory (model, profiles, metrics). Data-parallel over
+    several processes: `torchrun --nproc_per_node N -m training.ddp ...` (training/ddp.py)."""
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    cfg = _config(dataset, dataset_path, fmt, model, config, epochs, seed, minutes)
+    cfg = _config(dataset, dataset_path, fmt, model, config, epochs, seed, minutes, device)
     res = run(cfg, Path(out))
     click.echo(metrics_table({f"{model} (test)": res.metrics["test"]}))
     report = write_report(report_from_run(Path(out)), Path(out) / "report.html")
@@ -113,7 +131,9 @@ FAULT_ENV = "G2REC_TRAIN_FAULT"  # test-only: SIGKILL the service in the middle 
 @click.option("--full-retrain-now", is_flag=True, help="the next cycle retrains from scratch")
 @click.option("--metrics-port", type=int, default=None, help="serve Prometheus metrics on 127.0.0.1:PORT")
 @click.option("--once", is_flag=True, help="handle the pending snapshots, then exit")
-def train_service(config_path, dataset, model, once, full_retrain_now, **flags):
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+              help="training, fine-tuning and clustering device (default: the config's, auto = CUDA when present)")
+def train_service(config_path, dataset, model, once, full_retrain_now, device, **flags):
     """Long-running: one recluster -> publish -> train -> export -> register -> promote cycle per snapshot."""
     import logging
     import os
@@ -135,6 +155,8 @@ def train_service(config_path, dataset, model, once, full_retrain_now, **flags):
     registry = {k: v for k, v in (("tracking_url", flags.pop("tracking_url")), ("artifacts", flags.pop("artifacts")))
                 if v is not None}
     over = {**{k: v for k, v in flags.items() if v is not None}, "registry": registry}
+    if device is not None:
+        over.update(pipeline=device_flags(device), finetune={"device": device})
     if os.environ.get(FAULT_ENV):
         over["fault_stage"] = os.environ[FAULT_ENV]
     cfg = override(cfg, over, "command-line flags")

@@ -161,7 +161,8 @@ def train_cycle(data: Interactions, profiles: InterestProfiles | None, champion:
     else:
         model = grow(champion[0], champion[1], table) if table is not None else grow_items(*champion, cat)
     trained = train_model(model, split, plan.cfg)
-    metrics = {"gate": evaluate(model, split, "test")["masked"], "full_retrain": plan.full,
+    metrics = {"gate": evaluate(model, split, "test")["masked"], "valid": evaluate(model, split, "valid")["masked"],
+               "full_retrain": plan.full,
                "train_seconds": trained.fit.seconds, "epochs_run": trained.fit.epochs_run,
                "best_epoch": trained.fit.best_epoch, "items": int(len(cat) - 1), "new_items": 0,
                "users_evaluated": int(len(split.users)), "interactions": int(data.n_interactions)}

@@ -174,6 +174,23 @@ def test_warm_start_on_an_unchanged_graph_keeps_cluster_ids(planted, clustered):
     np.testing.assert_array_equal(remapped.primary[inverse], profiles.primary)
 
 
+def test_warm_local_moves_repair_a_scrambled_partition_within_the_old_cluster_ids(planted, clustered):
+    snap, _ = planted
+    cfg, profiles, _ = clustered
+    # A quarter of the items put in a random cluster: the warm start a changed graph would give.
+    rng = np.random.default_rng(3)
+    scrambled = profiles.clusters.copy()
+    rows = rng.choice(np.arange(1, snap.n_items + 1), snap.n_items // 4, replace=False)
+    scrambled[rows, 0] = rng.integers(0, cfg.n_clusters, len(rows))
+    warm = dataclasses.replace(profiles, clusters=scrambled)
+    frozen, stale = cluster(snap, dataclasses.replace(cfg, iters=0), warm=warm)
+    moved, report = cluster(snap, dataclasses.replace(cfg, warm_rounds=20, warm_iters=0), warm=warm)
+    assert report.iterations == 0
+    assert report.modularity > stale.modularity + 0.05
+    assert report.modularity >= 0.97 * hard_modularity(snap.src, snap.dst, snap.weight, profiles.primary)
+    assert set(np.unique(moved.primary[1:])) <= set(np.unique(scrambled[1:, 0]))
+
+
 def test_cluster_is_deterministic(planted):
     snap, _ = planted
     cfg = ClusterConfig(n_clusters=16, rho=2, n_candidates=6, iters=5, device="cpu")

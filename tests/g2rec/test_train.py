@@ -57,3 +57,78 @@ def test_fit_with_ema_keeps_the_averaged_weights_it_validated():
 def test_train_config_rejects_bad_values():
     with pytest.raises(ValueError, match="ema"):
         TrainConfig(ema=1.0)
+
+
+# ---- devices and data parallelism ---------------------------------------------------------------
+_TINY = ModelConfig(n_items=30, d_model=16, n_layers=1, n_heads=2, dropout=0.0, max_len=8, n_negatives=0)
+
+
+def _ddp_worker(rank: int, port: int, state: dict, batches: list, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    from g2rec.train import data_parallel, train_epoch
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        model = G2RecModel(_TINY)
+        model.load_state_dict(state)
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        losses = torch.tensor(train_epoch(data_parallel(model), opt, batches, None))
+        dist.all_reduce(losses)
+        if rank == 0:
+            torch.save({"losses": losses / 2, "state": model.state_dict()}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_take_the_same_steps_as_one_process_averaging_their_batches(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    torch.manual_seed(0)
+    model = G2RecModel(_TINY)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = [torch.randint(0, 31, (4, 9)) for _ in range(4)]  # rank 0 takes 0 and 2, rank 1 takes 1 and 3
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(port, state, batches, str(tmp_path / "ddp.pt")), nprocs=2, join=True)
+    got = torch.load(tmp_path / "ddp.pt", weights_only=True)
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    expected = []
+    for pair in (batches[0:2], batches[2:4]):
+        loss = sum(batch_loss(model, b, None) for b in pair) / 2
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        expected.append(loss.item())
+    torch.testing.assert_close(got["losses"], torch.tensor(expected), atol=1e-5, rtol=1e-5)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(got["state"][name], value, atol=1e-5, rtol=1e-5)
+
+
+def test_train_config_rejects_an_unknown_device_or_precision():
+    from g2rec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="device"):
+        TrainConfig(device="tpu")
+    with pytest.raises(ConfigError, match="precision"):
+        TrainConfig(precision="int8")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_fit_on_cuda_learns_and_hands_the_model_back_on_the_cpu(precision):
+    data, _ = synth_interactions(SynthConfig(n_users=200, n_items=60, n_interests=4, mean_history=10, seed=0))
+    split = loo_split(data)
+    model = G2RecModel(ModelConfig(n_items=data.n_items, d_model=32, n_layers=1, n_heads=2, max_len=20))
+    before = evaluate(model, split, "valid")["masked"]["ndcg@10"]
+    fit(model, split, TrainConfig(epochs=4, eval_every=1, progress=False, device="cuda", precision=precision))
+    assert model.item_emb.weight.device.type == "cpu"
+    assert evaluate(model, split, "valid")["masked"]["ndcg@10"] > before
