@@ -233,7 +233,8 @@ class Demo:
         cmd = self.g2rec("train-service", "--once", "--dataset", self.cfg.dataset, "--model", self.cfg.model,
                          "--work-dir", str(self.out / "train-service"), "--event-log", str(self.event_log),
                          "--store-url", self.store_url, "--bootstrap", self.bootstrap, "--topic", self.topic,
-                         "--tracking-url", self.tracking_url, "--config", str(budget))
+                         "--tracking-url", self.tracking_url, "--artifacts", str(self.out / "registry" / "artifacts"),
+                         "--config", str(budget))
         with open(self.out / "train-service.log", "ab") as log:
             done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env(), timeout=self.cfg.timeout_s)
         if done.returncode != 0:
