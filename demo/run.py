@@ -244,8 +244,8 @@ class Demo:
     def start_server(self) -> None:
         port = free_port()
         self.server_url = f"http://127.0.0.1:{port}"
-        self.procs.start("serve", self.g2rec("serve", "--registry", self.tracking_url, "--features",
-                                             "--port", str(port), "--poll-seconds", "1"), self.env())
+        self.procs.start("serve", self.g2rec("serve", "--registry", self.tracking_url, "--cache", str(self.out / "serving-cache"),
+                                             "--features", "--port", str(port), "--poll-seconds", "1"), self.env())
 
         def ready():
             try:

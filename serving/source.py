@@ -6,7 +6,7 @@
   file holding its path (relative to DIR or absolute). Promote a run by replacing `current`
   atomically, e.g. `ln -sfn runs/r2 DIR/current.new && mv -T DIR/current.new DIR/current`.
 - RegistrySource(registry, CACHE): the registry's champion. Its files are copied into
-  CACHE/v<version>/ (model.onnx checked against the sha256 the registry recorded) and served as a
+  CACHE/v<version>-<sha256 prefix>/ (model.onnx checked against the sha256 the registry recorded) and served as a
   run directory; promoting another version is a swap.
 
 `current()` is cheap while nothing changed (a few stat calls); it re-reads, re-exports or
@@ -115,8 +115,9 @@ class RegistrySource:
         return champion.version
 
     def _stage(self, champion: RegisteredVersion) -> Path:
-        """CACHE/v<version>/: the version's files, its ONNX graph checked against the registry."""
-        target = self.cache_dir / f"v{champion.version}"
+        """CACHE/v<version>-<digest>/: the version's files, its ONNX graph checked against the registry."""
+        # Keyed by version and graph digest: caches of two registries never collide.
+        target = self.cache_dir / f"v{champion.version}-{champion.onnx_sha256[:16]}"
         if target.is_dir():
             return target
         if sha256_of(champion.onnx_path) != champion.onnx_sha256:

@@ -40,7 +40,8 @@ def test_serves_the_champion_and_follows_promotions(tmp_path):
         source.current()
     register(reg, tmp_path / "v1", seed=1, profile_version=3)
     first = source.current()
-    assert first.profile_version == "3" and source.run_dir() == tmp_path / "cache" / "v1"
+    assert first.profile_version == "3" and source.run_dir().parent == tmp_path / "cache"
+    assert source.run_dir().name.startswith("v1-")
     rec = open_version(first)
     assert len(rec.recommend([[10, 20]], k=5)[0].items) == 5
     register(reg, tmp_path / "v2", seed=2, profile_version=4)
