@@ -279,7 +279,7 @@ def command(events: int, fresh_events: int, fresh_rate: float, partitions: int, 
     from g2rec.data import from_events
     from infra import kafka
     from infra import postgres as infra_postgres
-    from streaming.cli import _synthetic
+    from streaming.replay import synthetic_interactions
     from streaming.replay import EventLog, ReplayConfig, event_log, replay
 
     work = Path(tempfile.mkdtemp(prefix="g2rec-bench-stream-"))
@@ -301,7 +301,7 @@ def command(events: int, fresh_events: int, fresh_rate: float, partitions: int, 
         topic = "bench-events"
         kafka.create_topics(bootstrap, {topic: partitions})
         t0 = time.perf_counter()
-        inter = _synthetic(events, seed)
+        inter = synthetic_interactions(events, seed)
         log = event_log(inter)
         result["events"] = len(log)
         result["generate_s"] = round(time.perf_counter() - t0, 2)
@@ -326,7 +326,7 @@ def command(events: int, fresh_events: int, fresh_rate: float, partitions: int, 
         result["batch_counts_s"] = round(time.perf_counter() - t0, 2)
         click.echo(f"exact match with the batch builder: {result['exact_match']}")
         # Count freshness of the caught-up worker (no history sink), on new users.
-        fresh = _synthetic(fresh_events, seed + 1)
+        fresh = synthetic_interactions(fresh_events, seed + 1)
         flog = event_log(fresh)
         flog = EventLog(flog.users + 10_000_000, flog.items, flog.times, "fresh")
         fresh_start = time.time()

@@ -30,7 +30,7 @@ import numpy as np
 
 from demo.report import InterestSummary, ProfileChange, ReportData, write_report
 from g2rec.errors import G2RecError, UnavailableError
-from infra.process import alive, free_port
+from infra.process import alive, free_port, launch
 from infra.process import stop as stop_process
 
 
@@ -140,14 +140,13 @@ def _http(url: str, body: dict | None = None, timeout_s: float = 10.0) -> dict:
 def load_events(cfg: DemoConfig):
     """The dataset's events in time order (streaming.replay.EventLog), else the synthetic stand-in."""
     from g2rec.data import DatasetError, load_dataset
-    from streaming.cli import load_source
-    from streaming.replay import event_log
+    from streaming.replay import event_log, synthetic_interactions
 
     try:
         return event_log(load_dataset(cfg.dataset, cfg.data_root))
     except DatasetError as e:
         _say(f"{e}\n[demo] -> the synthetic generator stands in ({cfg.synthetic_events} events)")
-        return event_log(load_source("synthetic", cfg.synthetic_events, 0))
+        return event_log(synthetic_interactions(cfg.synthetic_events, 0))
 
 
 class Demo:
@@ -242,18 +241,21 @@ class Demo:
                              fix=f"see {self.out / 'train-service.log'}")
 
     def start_server(self) -> None:
+        """`g2rec serve --registry` on a free port, started by the launcher every server shares."""
         port = free_port()
         self.server_url = f"http://127.0.0.1:{port}"
-        self.procs.start("serve", self.g2rec("serve", "--registry", self.tracking_url, "--cache", str(self.out / "serving-cache"),
-                                             "--features", "--port", str(port), "--poll-seconds", "1"), self.env())
 
-        def ready():
+        def ready() -> bool:
             try:
-                return _http(f"{self.server_url}/ready", timeout_s=2.0)
+                return bool(_http(f"{self.server_url}/ready", timeout_s=2.0))
             except (urllib.error.URLError, ConnectionError, TimeoutError):
-                return None
+                return False
 
-        _wait(f"the server on {self.server_url}", ready, self.cfg.timeout_s)
+        cmd = self.g2rec("serve", "--registry", self.tracking_url, "--cache", str(self.out / "serving-cache"),
+                         "--features", "--port", str(port), "--poll-seconds", "1")
+        proc = launch(cmd, self.out / "serve.log", ready, f"{self.server_url}/ready", self.cfg.timeout_s,
+                      UnavailableError, "g2rec serve", env=self.env())
+        self.procs.adopt("serve", proc.pid)
         _say(f"serving the champion on {self.server_url}")
 
     @contextmanager

@@ -16,21 +16,12 @@ DEFAULT_BOOTSTRAP = os.environ.get("G2REC_KAFKA", "127.0.0.1:9092")
 _D = StreamConfig()  # the defaults the help shows
 
 
-def _synthetic(events: int, seed: int):
-    from g2rec.synth import SynthConfig, synth_interactions
-
-    # ~20 events per user; items grow with the stream so counts stay sparse.
-    n_users = max(10, events // 20)
-    n_items = max(100, min(200_000, events // 20))
-    inter, _ = synth_interactions(SynthConfig(n_users=n_users, n_items=n_items, n_interests=max(20, n_items // 200),
-                                              seed=seed))
-    return inter
-
-
 def load_source(source: str, events: int | None, seed: int):
     """Interactions for a replay source: 'synthetic' or a dataset name of g2rec.data."""
     if source == "synthetic":
-        return _synthetic(events or 100_000, seed)
+        from streaming.replay import synthetic_interactions
+
+        return synthetic_interactions(events or 100_000, seed)
     from cli.context import data_root
     from g2rec.data import load_dataset
 

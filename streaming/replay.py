@@ -50,6 +50,18 @@ class ReplayConfig:
             raise ConfigError(f"processes={self.processes} must be >= 1")
 
 
+def synthetic_interactions(events: int, seed: int) -> Interactions:
+    """About `events` synthetic interactions with planted interests (g2rec.synth): ~20 events per
+    user, the catalogue growing with the stream so counts stay sparse."""
+    from g2rec.synth import SynthConfig, synth_interactions
+
+    n_users = max(10, events // 20)
+    n_items = max(100, min(200_000, events // 20))
+    inter, _ = synth_interactions(SynthConfig(n_users=n_users, n_items=n_items, n_interests=max(20, n_items // 200),
+                                              seed=seed))
+    return inter
+
+
 def event_log(inter: Interactions) -> EventLog:
     """Flatten Interactions into replay order; raw ids must be integers (the wire carries ints)."""
     if not (np.issubdtype(inter.user_ids.dtype, np.integer) and np.issubdtype(inter.item_ids.dtype, np.integer)):
