@@ -49,6 +49,7 @@ def summarise(runs: list[dict]) -> dict:
         "valid_ndcg@10": float(np.mean([r["valid"]["masked"]["ndcg@10"] for r in runs])),
         "seeds": [r["seed"] for r in runs],
         "train_seconds": float(np.mean([r["train_seconds"] for r in runs])),
+        **{k: float(np.mean([r[k] for r in runs])) for k in ("train_cpu_seconds", "seconds_per_epoch") if all(k in r for r in runs)},
         "best_epochs": [r["best_epoch"] for r in runs],
         "params": runs[0]["params"],
         "runs": runs,
@@ -72,20 +73,23 @@ def update_json(path: Path, change) -> None:
 
 
 def quality(dataset: str, models: list[str], seeds: list[int], minutes: float | None, threads: int,
-            on_seed=None) -> dict:
+            on_seed=None, clock: str | None = None) -> dict:
     """Runs every model over `seeds`; `on_seed(partial report)` after each seed, so a long run
-    leaves its finished seeds behind."""
+    leaves its finished seeds behind. Every model gets the same cap (`minutes` of `clock`, else
+    the presets', which are equal) and the same early-stopping rule (g2rec.train.fit)."""
     results, configs = {}, {}
     report = {"dataset": dataset, "protocol": PROTOCOL, "hardware": hardware(threads), "results": results, "configs": configs}
     for model in models:
         cfg = replace(preset(dataset, model, data_root()), threads=threads)
-        if minutes is not None:
-            cfg = replace(cfg, train=replace(cfg.train, max_minutes=minutes))
+        cfg = replace(cfg, train=replace(cfg.train, **({"max_minutes": minutes} if minutes is not None else {}),
+                                         **({"clock": clock} if clock else {})))
+        report["cap"] = {**report.get("cap", {}), model: {"minutes": cfg.train.max_minutes, "clock": cfg.train.clock}}
         runs = []
         for seed in seeds:
             res = run(replace(cfg, train=replace(cfg.train, seed=seed)))
             m = res.metrics
-            runs.append({"seed": seed, **{k: m[k] for k in ("test", "valid", "train_seconds", "best_epoch", "epochs_run", "params", "curve")},
+            runs.append({"seed": seed, **{k: m[k] for k in ("test", "valid", "train_seconds", "train_cpu_seconds", "seconds_per_epoch",
+                                                           "best_epoch", "epochs_run", "params", "curve")},
                          "extra": {k: m[k] for k in ("direct_weight_search", "cluster_report", "graph_edges") if k in m}})
             click.echo(f"{dataset} {model} seed {seed}: test NDCG@10 {m['test']['masked']['ndcg@10']:.4f} "
                        f"Recall@10 {m['test']['masked']['recall@10']:.4f} ({m['train_seconds']:.0f}s)")
@@ -102,10 +106,12 @@ def quality(dataset: str, models: list[str], seeds: list[int], minutes: float | 
 @click.option("--seeds", type=int, default=3, show_default=True)
 @click.option("--first-seed", type=int, default=0, show_default=True,
               help="run seeds first-seed .. first-seed+seeds-1 (split seeds over processes; one file collects them)")
-@click.option("--minutes", type=float, default=None, help="override the per-run training time cap")
+@click.option("--minutes", type=float, default=None, help="override the per-run training cap (the same for every model)")
+@click.option("--clock", type=click.Choice(["wall", "cpu"]), default=None,
+              help="what the cap measures: wall-clock or the run's CPU time (default: the presets')")
 @click.option("--threads", type=int, default=2, show_default=True, help="torch threads (1 on a busy machine)")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="default bench/results/quality-<dataset>.json")
-def command(dataset, models, seeds, first_seed, minutes, threads, out):
+def command(dataset, models, seeds, first_seed, minutes, clock, threads, out):
     """Test metrics of each model over seeds, side by side in one run."""
     t0 = time.time()
     path = Path(out) if out else RESULTS / f"quality-{dataset}.json"
@@ -121,12 +127,13 @@ def command(dataset, models, seeds, first_seed, minutes, threads, out):
             for model, entry in report["results"].items():
                 same = old.get("configs", {}).get(model) == report["configs"][model]
                 results[model] = merge_runs(results[model], entry) if same and model in results else entry
-            return {**report, "results": results, "configs": {**old.get("configs", {}), **report["configs"]}}
+            return {**report, "results": results, "configs": {**old.get("configs", {}), **report["configs"]},
+                    "cap": {**old.get("cap", {}), **report.get("cap", {})}}
 
         update_json(path, merged)
 
     seed_list = list(range(first_seed, first_seed + seeds))
-    report = quality(dataset, [m.strip() for m in models.split(",") if m.strip()], seed_list, minutes, threads, write)
+    report = quality(dataset, [m.strip() for m in models.split(",") if m.strip()], seed_list, minutes, threads, write, clock)
     for model, r in report["results"].items():
         click.echo(f"{model:>8}: NDCG@10 {r['ndcg@10']:.4f}±{r['std']['ndcg@10']:.4f}  Recall@10 {r['recall@10']:.4f}  "
                    f"(unmasked {r['unmasked']['ndcg@10']:.4f} / {r['unmasked']['recall@10']:.4f})")
@@ -187,4 +194,41 @@ def ablation(dataset, minutes, epochs, only, threads):
                                              for w in (0.0, chosen)}
         update_json(path, lambda old: {**(old or {}), **header, "variants": {**(old or {}).get("variants", {}), label: entry}})
         click.echo(f"{label}: valid NDCG@10 {entry['valid_ndcg@10']:.4f} test NDCG@10 {entry['test']['ndcg@10']:.4f}")
+    click.echo(f"-> {path}")
+
+
+@click.command("tune")
+@click.option("--dataset", default="beauty", show_default=True)
+@click.option("--variant", "variants", multiple=True, required=True,
+              help="LABEL=MODEL or LABEL=MODEL:JSON overrides of that model's preset, e.g. "
+                   "'fused=g2rec:{\"model\": {\"layout\": \"fused\"}}'; repeat for several")
+@click.option("--minutes", type=float, default=None, help="the same training cap for every variant (default: the presets')")
+@click.option("--clock", type=click.Choice(["wall", "cpu"]), default=None,
+              help="what --minutes caps: wall-clock or this process's CPU time (default: the presets')")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True)
+def tune(dataset, variants, minutes, clock, seed, threads):
+    """Variants on VALIDATION only (the test split is never read): validation metrics at the chosen
+    mixture weight, the weight search, seconds per epoch; to bench/results/tune-<dataset>.json."""
+    from g2rec.config import deep_merge, override
+
+    path = RESULTS / f"tune-{dataset}.json"
+    header = {"dataset": dataset, "protocol": PROTOCOL.replace("last item test, ", "") + "; validation only",
+              "hardware": hardware(threads)}
+    for spec in variants:
+        label, _, rest = spec.partition("=")
+        model, _, over = rest.partition(":")
+        over = json.loads(over) if over else {}
+        cap = {**({"max_minutes": minutes} if minutes is not None else {}), **({"clock": clock} if clock else {})}
+        budget = {"train": {"seed": seed, **cap}, "threads": threads}
+        cfg = override(preset(dataset, model, data_root()), deep_merge(over, budget), label)
+        m = run(cfg, test=False).metrics
+        entry = {"model": model, "overrides": over, "seed": seed, "max_minutes": cfg.train.max_minutes, "clock": cfg.train.clock,
+                 "valid": m["valid"]["masked"], "direct_weight_search": m.get("direct_weight_search"),
+                 **{k: m[k] for k in ("train_seconds", "train_cpu_seconds", "seconds_per_epoch", "best_epoch",
+                                      "epochs_run", "params", "curve")}}
+        update_json(path, lambda old: {**(old or {}), **header, "variants": {**(old or {}).get("variants", {}), label: entry}})
+        click.echo(f"{dataset} {label}: valid NDCG@10 {entry['valid']['ndcg@10']:.4f} Recall@10 "
+                   f"{entry['valid']['recall@10']:.4f}, {entry['seconds_per_epoch']:.1f} s/epoch, best epoch "
+                   f"{entry['best_epoch']}/{entry['epochs_run']}")
     click.echo(f"-> {path}")

@@ -1,5 +1,13 @@
-"""Generative sequential recommender: a causal transformer over items, or over alternating
-interest/item tokens (G2Rec). One model; `mode="items"` is the SASRec-style ablation.
+"""Generative sequential recommender: a causal transformer over items, or over items with their
+interests (G2Rec). One model; `mode="items"` is the SASRec-style ablation.
+
+G2Rec has two token layouts. "interleaved" (the specification's): alternating interest and item
+tokens, and an item head conditioned on an interest token. "fused": one token per item, the item's
+interest profile added to its embedding (so a sequence is as long as items mode's), and the item
+head conditioned on an interest k by an additive tilt t_k of the query:
+P(item | h, k) = softmax_item((h + t_k) . e_item). The fused layout is trained as it is used:
+besides the direct head and the interest head, its loss is the negative log of the top-B mixture
+sum_k P(k | h) P(next item | h, k) that inference ranks with (bench/README.md has the comparison).
 
 Training (`loss`): items mode predicts the next item at every position (full or sampled softmax).
 G2Rec mode, on P(i_1), i_1, ..., P(i_T), i_T, P(i_T+1): at an interest token the target is its item
@@ -22,6 +30,7 @@ from g2rec.errors import ConfigError
 from g2rec.tokenize import INTEREST, ITEM, N_TOKEN_KINDS, PAD, TokenBatch, append_interests, interleave
 
 MODES = ("items", "g2rec")
+LAYOUTS = ("interleaved", "fused")
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,13 @@ class ModelConfig:
     input_norm: bool = True  # LayerNorm on the summed input embeddings (as SASRec does)
     positions: str = "end"  # pair index counted from the most recent ("end") or the oldest ("start") token
     direct_weight: float = 0.0  # g2rec: weight of the direct next-item head (trained at item tokens) in the score mixture
+    layout: str = "interleaved"  # g2rec: "interleaved" interest/item tokens, or "fused" (one token per item)
+    mixture_loss_weight: float = 1.0  # g2rec fused: weight of the top-B mixture's loss
+    mixture_positions: int = 2048  # g2rec fused: positions per batch (sampled) that train the mixture
+    # g2rec fused: up to context_len items older than the max_len window, summarised as
+    # context_tokens interest tokens (the top interests of their mean profile) before the window.
+    context_len: int = 0
+    context_tokens: int = 1
     semantic_items: bool = False  # g2rec: an item's vector adds its profile-weighted cluster embeddings (input and output)
     n_negatives: int = 0  # 0: full softmax; else sampled softmax with this many shared negatives
     neg_power: float = 0.0  # negatives ~ count^neg_power (0: uniform), with logQ correction
@@ -53,6 +69,10 @@ class ModelConfig:
             raise ConfigError(f"positions must be 'end' or 'start', got {self.positions!r}")
         if not 0.0 <= self.direct_weight < 1.0:
             raise ConfigError(f"direct_weight must lie in [0, 1), got {self.direct_weight}")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.context_len and (self.mode, self.layout) != ("g2rec", "fused"):
+            raise ConfigError(f"context_len={self.context_len} needs mode='g2rec' with layout='fused'")
         if self.semantic_items and self.mode != "g2rec":
             raise ConfigError("semantic_items needs mode='g2rec' (items mode has no interest profiles)")
         if self.d_model % self.n_heads:
@@ -60,6 +80,11 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def input_len(self) -> int:
+        """The longest history the model reads: the window and the context before it."""
+        return self.max_len + self.context_len
 
 
 def mix(via_interest: torch.Tensor, direct: torch.Tensor, direct_weight: float) -> torch.Tensor:
@@ -113,6 +138,12 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+def _cat_tokens(a: TokenBatch, b: TokenBatch) -> TokenBatch:
+    """Two token batches side by side, (B, La) and (B, Lb) -> (B, La + Lb)."""
+    return TokenBatch(*(torch.cat([x, y], 1) for x, y in zip((a.kind, a.item, a.clusters, a.weights, a.pos),
+                                                            (b.kind, b.item, b.clusters, b.weights, b.pos))))
+
+
 class G2RecModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -121,6 +152,7 @@ class G2RecModel(nn.Module):
         if cfg.mode == "g2rec" and (cfg.n_clusters < 1 or cfg.rho < 1):
             raise ConfigError(f"g2rec mode needs n_clusters >= 1 and rho >= 1, got {cfg.n_clusters}, {cfg.rho}")
         self.cfg = cfg
+        self.fused = cfg.mode == "g2rec" and cfg.layout == "fused"
         self.item_emb = nn.Embedding(cfg.n_items + 1, cfg.d_model, padding_idx=0)
         self.pos_emb = nn.Embedding(cfg.max_len + 1, cfg.d_model)
         self.kind_emb = nn.Embedding(N_TOKEN_KINDS, cfg.d_model)
@@ -130,12 +162,18 @@ class G2RecModel(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.d_model)
         if cfg.mode == "g2rec":
             self.cluster_emb = nn.Embedding(cfg.n_clusters, cfg.d_model)
+            if cfg.layout == "fused":
+                self.tilt_emb = nn.Embedding(cfg.n_clusters, cfg.d_model)  # t_k, (K, C)
             # Profile tables (N+1, rho); filled by set_profiles, saved with the model.
             self.register_buffer("prof_clusters", torch.zeros(cfg.n_items + 1, cfg.rho, dtype=torch.long))
             self.register_buffer("prof_weights", torch.zeros(cfg.n_items + 1, cfg.rho))
         # Proposal distribution of sampled negatives (training only); uniform until set_item_counts.
         self.register_buffer("neg_q", torch.ones(cfg.n_items + 1).index_fill(0, torch.tensor([0]), 0.0), persistent=False)
         self.apply(self._init)
+
+    @property
+    def _interleaved(self) -> bool:
+        return self.cfg.mode == "g2rec" and not self.fused
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -183,10 +221,34 @@ class G2RecModel(nn.Module):
 
     # ---- encoding ----------------------------------------------------------------------------
     def _item_tokens(self, items: torch.Tensor) -> TokenBatch:
+        """(B, T) items -> one token per item; in the fused layout each carries its item's profile,
+        and with context_len > 0 the items before the last max_len become context_tokens tokens
+        in front (B, S + min(T, max_len))."""
+        if self.cfg.context_len:
+            items, older = items[:, -self.cfg.max_len :], items[:, : -self.cfg.max_len]
+            return _cat_tokens(self._context_tokens(older[:, -self.cfg.context_len :]), self._item_tokens_of(items))
+        return self._item_tokens_of(items)
+
+    def _context_tokens(self, older: torch.Tensor) -> TokenBatch:
+        """(B, To) older items (0 = padding) -> (B, S) interest tokens: the top S*rho interests of
+        their summed profiles, rho per token, each token's weights renormalised; PAD when none."""
+        B, S, rho = older.shape[0], self.cfg.context_tokens, self.cfg.rho
+        mass = torch.zeros(B, self.cfg.n_clusters, device=older.device).scatter_add(
+            1, self.prof_clusters[older].flatten(1), self.prof_weights[older].flatten(1))  # (B, K)
+        w, k = mass.topk(min(S * rho, self.cfg.n_clusters), dim=-1)
+        w, k = F.pad(w, (0, S * rho - w.shape[1])).view(B, S, rho), F.pad(k, (0, S * rho - k.shape[1])).view(B, S, rho)
+        total = w.sum(-1, keepdim=True)  # (B, S, 1)
+        kind = torch.where(total.squeeze(-1) > 0, INTEREST, PAD)  # (B, S)
+        zeros = torch.zeros_like(kind)
+        return TokenBatch(kind, zeros, k, w / total.clamp(min=1e-12), zeros + self.cfg.max_len)
+
+    def _item_tokens_of(self, items: torch.Tensor) -> TokenBatch:
         B, T = items.shape
         kind = torch.where(items > 0, ITEM, PAD)
-        zeros = torch.zeros(B, T, 1, dtype=torch.long, device=items.device)
         pos = (T - 1 - torch.arange(T, device=items.device)).expand(B, T)
+        if self.fused:
+            return TokenBatch(kind, items, self.prof_clusters[items], self.prof_weights[items], pos)
+        zeros = torch.zeros(B, T, 1, dtype=torch.long, device=items.device)
         return TokenBatch(kind, items, zeros, zeros.float(), pos)
 
     def encode(self, tok: TokenBatch, n_tail: int = 0) -> torch.Tensor:
@@ -216,8 +278,8 @@ class G2RecModel(nn.Module):
         """Tokens (B, L), tail (L,) bool: the tail's alternatives -> each token's pair index (B, L)."""
         if self.cfg.positions == "end":
             return tok.pos
-        # Each pair opens with its interest token (g2rec) or is a single item token (items).
-        opens = (tok.kind == (INTEREST if self.cfg.mode == "g2rec" else ITEM)) & ~tail
+        # Each pair opens with its interest token (interleaved g2rec) or is a single item token.
+        opens = (tok.kind == (INTEREST if self._interleaved else ITEM)) & ~tail
         return (opens.long().cumsum(1) - 1 + tail.long()).clamp(min=0)
 
     def _embed(self, tok: TokenBatch, pos: torch.Tensor, soft: torch.Tensor | None = None) -> torch.Tensor:
@@ -227,7 +289,7 @@ class G2RecModel(nn.Module):
         if self.cfg.mode == "g2rec":
             if soft is None:
                 soft = (self.cluster_emb(tok.clusters) * tok.weights.unsqueeze(-1)).sum(2)  # (B, L, C)
-            x = x + soft * (tok.kind == INTEREST).unsqueeze(-1)
+            x = x + soft * (tok.kind == (INTEREST if self._interleaved else ITEM)).unsqueeze(-1)
         x = x + self.pos_emb(pos.clamp(max=self.cfg.max_len)) + self.kind_emb(tok.kind)
         return self.drop(self.ln_in(x))
 
@@ -241,15 +303,40 @@ class G2RecModel(nn.Module):
         """Cross-entropy of targets y (P,) given hidden states h (P, C): full softmax, or a sampled
         softmax over n_negatives items drawn from q and shared by the batch, with the logQ correction
         (every logit minus log q) so the estimate targets the full softmax; accidental hits masked."""
+        logits, target, _ = self._candidate_logits(h, y)
+        return F.cross_entropy(logits, target, reduction=reduction)
+
+    def _candidate_logits(self, h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """h (P, C), targets y (P,) -> the logits item_loss takes its cross-entropy of, (P, M); the
+        target's column (P,); the candidates' vectors (M, C), row j of column j (full softmax:
+        every item, M = N+1; sampled: row 0 is a placeholder for each row's own target)."""
         if self.cfg.n_negatives <= 0:
-            return F.cross_entropy(self.item_logits(h), y, reduction=reduction)
+            vectors = self.all_item_vectors()
+            return self.item_logits(h), y, vectors
         neg = torch.multinomial(self.neg_q, self.cfg.n_negatives, replacement=True)  # (S,)
         log_q = self.neg_q.log()
+        neg_vectors = self.item_vectors(neg)  # (S, C)
         pos_logit = (h * self.item_vectors(y)).sum(-1, keepdim=True) - log_q[y].unsqueeze(1)  # (P, 1)
-        neg_logits = h @ self.item_vectors(neg).t() - log_q[neg]  # (P, S)
+        neg_logits = h @ neg_vectors.t() - log_q[neg]  # (P, S)
         neg_logits = neg_logits.masked_fill(neg.unsqueeze(0) == y.unsqueeze(1), -torch.inf)
         logits = torch.cat([pos_logit, neg_logits], dim=1)
-        return F.cross_entropy(logits, torch.zeros_like(y), reduction=reduction)
+        return logits, torch.zeros_like(y), torch.cat([torch.zeros_like(neg_vectors[:1]), neg_vectors])
+
+    def mixture_loss(self, h: torch.Tensor, y: torch.Tensor, logp_k: torch.Tensor, logits: torch.Tensor,
+                     target: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        """Fused layout: the mean of -log sum over the top-B interests k of P(k | h) P(y | h, k), the
+        prior renormalised over the top-B as `score` does, P(. | h, k) the softmax of the candidate
+        logits (from _candidate_logits, shared with the direct head) tilted by t_k . e.
+        h (P, C), y (P,), logp_k (P, K), logits (P, M), target (P,), vectors (M, C)."""
+        top_v, top_k = logp_k.topk(min(self.cfg.top_b, self.cfg.n_clusters), dim=-1)  # (P, Bk)
+        prior = F.log_softmax(top_v, dim=-1)
+        tilt = self.tilt_emb.weight @ vectors.t()  # (K, M)
+        tilted = logits.unsqueeze(1) + tilt[top_k]  # (P, Bk, M)
+        if self.cfg.n_negatives > 0:  # column 0 holds each row's own target
+            t_y = (self.tilt_emb(top_k) * self.item_vectors(y).unsqueeze(1)).sum(-1)  # (P, Bk)
+            tilted = torch.cat([(logits[:, :1] + t_y).unsqueeze(-1), tilted[..., 1:]], -1)
+        cond = tilted.gather(-1, target.view(-1, 1, 1).expand(-1, top_k.shape[1], 1)).squeeze(-1) - tilted.logsumexp(-1)
+        return -(prior + cond).logsumexp(-1).mean()
 
     def loss(self, seqs: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """seqs: (B, T+1) left-padded item sequences; every next item is a target."""
@@ -259,6 +346,8 @@ class G2RecModel(nn.Module):
             valid = x > 0
             item_loss = self.item_loss(h[valid], y[valid])
             return item_loss, {"item": item_loss.item()}
+        if self.fused:
+            return self._fused_loss(seqs)
         tok = interleave(seqs, self.prof_clusters, self.prof_weights)
         tok = TokenBatch(*(t[:, :-1] for t in (tok.kind, tok.item, tok.clusters, tok.weights, tok.pos)))
         h = self.encode(tok)  # (B, 2T+1, C)
@@ -285,6 +374,27 @@ class G2RecModel(nn.Module):
         parts["item"] = item_loss.item()
         return total + item_loss, parts
 
+    def _fused_loss(self, seqs: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Fused layout, (B, To + T+1) (To older items: context; none without context_len): at every item token the next item's profile (interest head), the
+        next item (direct head) and, at up to mixture_positions sampled positions, the top-B
+        mixture inference ranks with; each term its own mean."""
+        window = seqs[:, -self.cfg.max_len - 1 :]
+        x, y = window[:, :-1], window[:, 1:]
+        tok = self._item_tokens(x)
+        if self.cfg.context_len:  # the items before the window, as context tokens in front
+            tok = _cat_tokens(self._context_tokens(seqs[:, : -self.cfg.max_len - 1][:, -self.cfg.context_len :]), tok)
+        h = self.encode(tok)[:, -x.shape[1] :]  # (B, T, C)
+        valid = x > 0
+        h, y = h[valid], y[valid]  # (P, C), (P,)
+        logp_k = F.log_softmax(h @ self.cluster_emb.weight.t(), dim=-1)  # (P, K)
+        interest_loss = -(logp_k.gather(1, self.prof_clusters[y]) * self.prof_weights[y]).sum(1).mean()
+        logits, target, vectors = self._candidate_logits(h, y)
+        direct_loss = F.cross_entropy(logits, target)
+        rows = torch.randperm(len(y), device=y.device)[: self.cfg.mixture_positions]
+        mixture_loss = self.mixture_loss(h[rows], y[rows], logp_k[rows], logits[rows], target[rows], vectors)
+        total = self.cfg.interest_loss_weight * interest_loss + direct_loss + self.cfg.mixture_loss_weight * mixture_loss
+        return total, {"interest": interest_loss.item(), "direct": direct_loss.item(), "mixture": mixture_loss.item()}
+
     # ---- inference ---------------------------------------------------------------------------
     @torch.no_grad()
     def score(self, history: torch.Tensor) -> torch.Tensor:
@@ -299,7 +409,15 @@ class G2RecModel(nn.Module):
     def score_parts(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """g2rec mode: (B, T) -> the two (B, N+1) log-probabilities that `score` mixes: the sum
         over the top-B interests k of P(k | h) P(item | h, k), and the direct head's P(item | h).
-        Two passes: the history, then the history followed by its top-B interest tokens as one tail."""
+        Interleaved: two passes, the history, then the history followed by its top-B interest tokens
+        as one tail. Fused: one pass; each interest tilts the last hidden state."""
+        if self.fused:
+            h = self.encode(self._item_tokens(history))[:, -1]  # (B, C)
+            top_v, top_k = self._top_interests(h)
+            base = self.item_logits(h)  # (B, N+1)
+            tilted = base.unsqueeze(1) + self.tilt_emb(top_k) @ self.all_item_vectors().t()  # (B, Bk, N+1)
+            via_interest = torch.logsumexp(F.log_softmax(top_v, -1).unsqueeze(-1) + F.log_softmax(tilted, -1), 1)
+            return via_interest, F.log_softmax(base, dim=-1)
         tok = interleave(history, self.prof_clusters, self.prof_weights, last_pos=1)
         h = self.encode(tok)[:, -1]  # (B, C): the last item token
         top_v, top_k = self._top_interests(h)  # (B, Bk)
@@ -309,8 +427,16 @@ class G2RecModel(nn.Module):
 
     @torch.no_grad()
     def score_parts_reference(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """score_parts the literal way, one pass per interest (B+1 passes); the parity reference."""
+        """score_parts the literal way, one pass per interest (B+1 passes; fused: one item-logit row
+        per interest); the parity reference."""
         B = history.shape[0]
+        if self.fused:
+            h = self.encode(self._item_tokens(history))[:, -1]
+            top_v, top_k = self._top_interests(h)
+            prior = F.log_softmax(top_v, dim=-1)
+            parts = [prior[:, b : b + 1] + F.log_softmax(self.item_logits(h + self.tilt_emb(top_k[:, b])), -1)
+                     for b in range(top_k.shape[1])]
+            return torch.logsumexp(torch.stack(parts), 0), F.log_softmax(self.item_logits(h), dim=-1)
         tok = interleave(history, self.prof_clusters, self.prof_weights, last_pos=1)
         h = self.encode(tok)[:, -1]
         top_v, top_k = self._top_interests(h)
@@ -343,6 +469,21 @@ class G2RecModel(nn.Module):
         if self.cfg.mode == "items":
             h, _ = self._encode_cached(self._item_tokens(history))
             return self._mixed_probs(h.unsqueeze(1), torch.ones_like(h[:, :1]))
+        w = self.cfg.direct_weight
+        if self.fused:  # the tails are the last hidden state plus each interest's tilt
+            h, _ = self._encode_cached(self._item_tokens(history))  # (B, C)
+            top_v, top_k = self._top_interests(h)  # (B, Bk)
+            h2, prior = h.unsqueeze(1) + self.tilt_emb(top_k), F.softmax(top_v, dim=-1)
+        else:
+            h, h2, prior = self._interleaved_tails(history)
+        if w <= 0:
+            return self._mixed_probs(h2, prior)
+        return self._mixed_probs(torch.cat([h.unsqueeze(1), h2], 1), torch.cat([torch.full_like(prior[:, :1], w),
+                                                                                (1 - w) * prior], 1))
+
+    def _interleaved_tails(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Interleaved layout, (B, T) -> the last item token's state h (B, C), the top-B interest
+        tails' states (B, Bk, C) and their prior renormalised over the top-B (B, Bk)."""
         tok = interleave(history, self.prof_clusters, self.prof_weights, last_pos=1)
         h, cache = self._encode_cached(tok)  # (B, C)
         top_v, top_k = self._top_interests(h)  # (B, Bk)
@@ -353,12 +494,7 @@ class G2RecModel(nn.Module):
         x_tail = self._embed(TokenBatch(*(t[:, -Bk:] for t in (full.kind, full.item, full.clusters, full.weights,
                                                                full.pos))), pos)  # (B, Bk, C)
         h2 = self._encode_tail(x_tail, cache, tok.kind != PAD)  # (B, Bk, C)
-        prior = F.softmax(top_v, dim=-1)  # renormalised over the top-B
-        w = self.cfg.direct_weight
-        if w <= 0:
-            return self._mixed_probs(h2, prior)
-        return self._mixed_probs(torch.cat([h.unsqueeze(1), h2], 1), torch.cat([torch.full_like(prior[:, :1], w),
-                                                                                (1 - w) * prior], 1))
+        return h, h2, F.softmax(top_v, dim=-1)
 
     def _encode_cached(self, tok: TokenBatch) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """Tokens (B, L) -> encode(tok)[:, -1] (B, C) and each layer's keys and values, (B, H, L, D)

@@ -32,7 +32,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     eval_every: int = 2  # epochs between validation runs
     patience: int = 8  # validation runs without improvement before stopping
-    max_minutes: float = 18.0  # wall-clock cap on training
+    max_minutes: float = 18.0  # cap on training, in minutes of `clock`
+    # "wall": wall-clock time; "cpu": this process's CPU time (all its threads), a cap that other
+    # jobs on a shared machine cannot eat into, so two models capped alike got equal compute.
+    clock: str = "wall"
     seed: int = 0
     progress: bool = True
     ema: float = 0.0  # > 0: validate, early-stop and keep an exponential moving average of the weights at this decay per step
@@ -47,6 +50,8 @@ class TrainConfig:
             raise ConfigError(f"ema must lie in [0, 1), got {self.ema}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ConfigError(f"device={self.device!r} must be 'auto', 'cpu' or 'cuda[:n]'")
+        if self.clock not in ("wall", "cpu"):
+            raise ConfigError(f"clock={self.clock!r} must be 'wall' or 'cpu'")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise ConfigError(f"precision={self.precision!r} must be 'auto', 'bf16', 'fp16' or 'fp32'")
 
@@ -58,20 +63,44 @@ class TrainConfig:
 class FitResult:
     best_epoch: int
     best_valid: dict[str, float]
-    seconds: float
+    seconds: float  # wall clock
     epochs_run: int
     curve: list[dict] = field(default_factory=list)
+    cpu_seconds: float = 0.0  # CPU time of this process over the fit (all threads)
 
 
-def training_sequences(train: Interactions, max_len: int) -> list[np.ndarray]:
+# Direct-head weights the g2rec score mixture is chosen from, on validation (0 = interest path only).
+DIRECT_WEIGHTS = (0.0, 0.3, 0.5, 0.7, 0.9, 0.95, 0.98, 0.99)
+
+
+def searches_mixture(model: G2RecModel) -> bool:
+    """Whether the model has a direct head whose share of the score is chosen on validation."""
+    return model.cfg.mode == "g2rec" and (model.fused or model.cfg.direct_weight > 0)
+
+
+def validate(model: G2RecModel, split: LooSplit) -> tuple[dict[str, float], float | None]:
+    """Validation metrics (history excluded) at the direct-head weight that would be chosen now
+    (the best of DIRECT_WEIGHTS and the configured one on NDCG@10), and that weight; None when the
+    model has no mixture to choose. Early stopping and the final choice use the same rule."""
+    if not searches_mixture(model):
+        return evaluate(model, split, "valid", unmasked=False)["masked"], None
+    weights = sorted({*DIRECT_WEIGHTS, model.cfg.direct_weight})
+    by_weight = evaluate_mixtures(model, split, "valid", weights, unmasked=False)
+    best = max(weights, key=lambda w: by_weight[w]["masked"]["ndcg@10"])
+    return by_weight[best]["masked"], best
+
+
+def training_sequences(train: Interactions, max_len: int, context_len: int = 0) -> list[np.ndarray]:
     """Cut each user's training history into windows of max_len+1 items, newest first, so every
-    transition is a target exactly once (consecutive windows overlap by one input item)."""
+    transition is a target exactly once (consecutive windows overlap by one input item); each
+    window is preceded by up to context_len older items (the model's context)."""
     out = []
     for u in range(train.n_users):
         h = train.history(u)
         end = len(h)
         while end >= 2:
-            out.append(h[max(0, end - max_len - 1) : end])
+            start = max(0, end - max_len - 1)
+            out.append(h[max(0, start - context_len) : end])
             end -= max_len
     return out
 
@@ -92,7 +121,8 @@ def batch_loss(model: G2RecModel, batch: torch.Tensor, mean_targets: float | Non
     loss, _ = model.loss(batch)
     if mean_targets is None:
         return loss
-    return loss * ((batch[:, :-1] > 0).sum() / mean_targets)
+    window = batch[:, -model.cfg.max_len - 1 :]  # the targets; items before it are context only
+    return loss * ((window[:, :-1] > 0).sum() / mean_targets)
 
 
 def world() -> tuple[int, int]:
@@ -172,21 +202,23 @@ def _any_rank(flag: bool) -> bool:
 
 
 @torch.no_grad()
-def evaluate(model: G2RecModel, split: LooSplit, stage: str, batch_size: int = 256) -> dict[str, dict[str, float]]:
-    """Full-ranking metrics on `stage`: {"masked": history excluded, "unmasked": not excluded}."""
-    return _evaluate(model, split, stage, batch_size, [None])[None]
+def evaluate(model: G2RecModel, split: LooSplit, stage: str, batch_size: int = 256,
+             unmasked: bool = True) -> dict[str, dict[str, float]]:
+    """Full-ranking metrics on `stage`: {"masked": history excluded, "unmasked": not excluded
+    (left out when unmasked=False)}."""
+    return _evaluate(model, split, stage, batch_size, [None], unmasked)[None]
 
 
 @torch.no_grad()
 def evaluate_mixtures(model: G2RecModel, split: LooSplit, stage: str, weights: list[float],
-                      batch_size: int = 256) -> dict[float, dict[str, dict[str, float]]]:
+                      batch_size: int = 256, unmasked: bool = True) -> dict[float, dict[str, dict[str, float]]]:
     """g2rec mode: `evaluate` for each direct-head weight in one pass (the model encodes once)."""
     if model.cfg.mode != "g2rec":
         raise ValueError(f"mixture weights need a g2rec-mode model, got mode {model.cfg.mode!r}")
-    return _evaluate(model, split, stage, batch_size, list(weights))
+    return _evaluate(model, split, stage, batch_size, list(weights), unmasked)
 
 
-def _evaluate(model: G2RecModel, split: LooSplit, stage: str, batch_size: int, weights: list) -> dict:
+def _evaluate(model: G2RecModel, split: LooSplit, stage: str, batch_size: int, weights: list, unmasked: bool) -> dict:
     """weights: [None] scores with model.score; else mixes model.score_parts with each weight."""
     was_training = model.training
     model.eval()
@@ -197,15 +229,17 @@ def _evaluate(model: G2RecModel, split: LooSplit, stage: str, batch_size: int, w
     for i in range(0, len(order), batch_size):
         idx = order[i : i + batch_size]
         hist = [inputs[j] for j in idx]
-        x = torch.from_numpy(pad_left(hist, min(model.cfg.max_len, max(len(h) for h in hist)))).to(dev)
+        x = torch.from_numpy(pad_left(hist, min(model.cfg.input_len, max(len(h) for h in hist)))).to(dev)
         t = torch.as_tensor(targets[idx])
         parts = model.score_parts(x) if weights != [None] else None
-        for w, (masked, unmasked) in ranks.items():
+        for w, (masked, not_excluded) in ranks.items():
             scores = (model.score(x) if w is None else mix(*parts, w)).float().cpu()
             masked[idx] = target_ranks(scores, t, hist).numpy()
-            unmasked[idx] = target_ranks(scores, t, None).numpy()
+            if unmasked:
+                not_excluded[idx] = target_ranks(scores, t, None).numpy()
     model.train(was_training)
-    return {w: {"masked": metrics_from_ranks(m), "unmasked": metrics_from_ranks(u)} for w, (m, u) in ranks.items()}
+    return {w: {"masked": metrics_from_ranks(m), **({"unmasked": metrics_from_ranks(u)} if unmasked else {})}
+            for w, (m, u) in ranks.items()}
 
 
 @contextmanager
@@ -226,8 +260,8 @@ def _weights(model: G2RecModel, avg: list[torch.Tensor] | None):
 
 
 def fit(model: G2RecModel, split: LooSplit, cfg: TrainConfig) -> FitResult:
-    """Adam on all next-item targets; early stopping on validation NDCG@10 (history excluded),
-    scored with the moving average of the weights when cfg.ema > 0 (it smooths the step-to-step
+    """Adam on all next-item targets; early stopping on validation NDCG@10 (history excluded; in
+    g2rec mode at the mixture weight that would be chosen, `validate`), scored with the moving average of the weights when cfg.ema > 0 (it smooths the step-to-step
     noise that otherwise makes validation swing). Leaves the model holding its best-validation
     weights, on the CPU. Trains on cfg.device (mixed precision on CUDA, see TrainConfig); inside a
     torch.distributed group each rank trains on its share of the batches (train_epoch) and every
@@ -238,15 +272,15 @@ def fit(model: G2RecModel, split: LooSplit, cfg: TrainConfig) -> FitResult:
     model.to(dev)
     dtype = amp_dtype(dev, cfg.precision)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    seqs = training_sequences(split.train, model.cfg.max_len)
-    mean_targets = sum(len(s) - 1 for s in seqs) / -(-len(seqs) // cfg.batch_size)  # per batch
+    seqs = training_sequences(split.train, model.cfg.max_len, model.cfg.context_len)
+    mean_targets = sum(min(len(s), model.cfg.max_len + 1) - 1 for s in seqs) / -(-len(seqs) // cfg.batch_size)  # per batch
     step = data_parallel(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     params = list(model.parameters())
     avg = [p.detach().clone() for p in params] if cfg.ema > 0 else None
     best, best_state, best_epoch, bad = -1.0, None, 0, 0
     curve: list[dict] = []
-    start = time.time()
+    start, cpu_start = time.time(), time.process_time()
     epoch = 0
     bar = tqdm(total=cfg.epochs, disable=not cfg.progress, desc=f"train {model.cfg.mode}", unit="ep")
     for epoch in range(1, cfg.epochs + 1):
@@ -260,12 +294,15 @@ def fit(model: G2RecModel, split: LooSplit, cfg: TrainConfig) -> FitResult:
                              mean_targets if cfg.target_weighting else None, dtype, scaler,
                              average if avg is not None else None)
         bar.update(1)
-        out_of_time = _any_rank(time.time() - start > cfg.max_minutes * 60)
+        used = time.time() - start if cfg.clock == "wall" else time.process_time() - cpu_start
+        out_of_time = _any_rank(used > cfg.max_minutes * 60)
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs or out_of_time:
             with _weights(model, avg):
-                valid = evaluate(model, split, "valid")["masked"]
+                valid, weight = validate(model, split)
                 state = copy.deepcopy(model.state_dict()) if valid["ndcg@10"] > best else None
-            curve.append({"epoch": epoch, "loss": float(np.mean(losses)), "valid_ndcg@10": valid["ndcg@10"]})
+            curve.append({"epoch": epoch, "loss": float(np.mean(losses)), "valid_ndcg@10": valid["ndcg@10"],
+                          **({"direct_weight": weight} if weight is not None else {}),
+                          "seconds": time.time() - start})
             log.info("epoch %d loss %.4f valid ndcg@10 %.4f recall@10 %.4f (%.0fs)", epoch, np.mean(losses),
                      valid["ndcg@10"], valid["recall@10"], time.time() - start)
             bar.set_postfix(loss=f"{np.mean(losses):.3f}", ndcg10=f"{valid['ndcg@10']:.4f}", best=f"{max(best, valid['ndcg@10']):.4f}")
@@ -278,4 +315,4 @@ def fit(model: G2RecModel, split: LooSplit, cfg: TrainConfig) -> FitResult:
     bar.close()
     model.load_state_dict(best_state)
     model.to("cpu")
-    return FitResult(best_epoch, best_valid, time.time() - start, epoch, curve)
+    return FitResult(best_epoch, best_valid, time.time() - start, epoch, curve, time.process_time() - cpu_start)

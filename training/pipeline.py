@@ -30,7 +30,7 @@ from g2rec.graph import GraphConfig, build_graph
 from g2rec.metrics import LooSplit, loo_split
 from g2rec.model import G2RecModel, ModelConfig
 from g2rec.profiles import cluster_prototypes, cluster_sizes
-from g2rec.train import FitResult, TrainConfig, evaluate, evaluate_mixtures, fit
+from g2rec.train import DIRECT_WEIGHTS, FitResult, TrainConfig, evaluate, evaluate_mixtures, fit, searches_mixture
 from g2rec.types import Interactions, InterestProfiles
 
 log = logging.getLogger("g2rec.train")
@@ -129,12 +129,14 @@ def train_model(model: G2RecModel, split: LooSplit, cfg: TrainConfig) -> Trained
     model.set_item_counts(item_counts)
     result = fit(model, split, cfg)
     search = None
-    if model.cfg.mode == "g2rec" and model.cfg.direct_weight > 0:
+    if searches_mixture(model):
         search = choose_direct_weight(model, split)
     return Trained(result, item_counts, search)
 
 
-def run(cfg: PipelineConfig, out: Path | None = None, data: Interactions | None = None) -> RunResult:
+def run(cfg: PipelineConfig, out: Path | None = None, data: Interactions | None = None,
+        test: bool = True) -> RunResult:
+    """The offline pipeline; test=False leaves the test split unread (tuning on validation)."""
     torch.set_num_threads(cfg.threads)
     data = data if data is not None else cfg.data.load()
     log.info("%s: %d users, %d items, %d interactions", data.name, data.n_users, data.n_items, data.n_interactions)
@@ -155,18 +157,17 @@ def run(cfg: PipelineConfig, out: Path | None = None, data: Interactions | None 
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         "train_seconds": result.seconds,
+        "train_cpu_seconds": result.cpu_seconds,
         "params": model.num_params(),
         "valid": evaluate(model, split, "valid"),
-        "test": evaluate(model, split, "test"),
+        "seconds_per_epoch": result.seconds / max(result.epochs_run, 1),
+        **({"test": evaluate(model, split, "test")} if test else {}),
         "curve": result.curve,
         **info,
     }
     if out is not None:
         save_run(out, cfg, model, profiles, metrics, data.item_ids, trained.item_counts)
     return RunResult(model, split, profiles, metrics)
-
-
-DIRECT_WEIGHTS = (0.0, 0.3, 0.5, 0.7, 0.9, 0.95, 0.98, 0.99)
 
 
 def choose_direct_weight(model: G2RecModel, split: LooSplit) -> dict[str, float]:

@@ -20,7 +20,9 @@ def make(mode: str, **kw) -> G2RecModel:
 
 
 VARIANTS = [("items", {}), ("items", {"positions": "start"}), ("g2rec", {}),
-            ("g2rec", {"direct_weight": 0.5, "positions": "start", "semantic_items": True})]
+            ("g2rec", {"direct_weight": 0.5, "positions": "start", "semantic_items": True}),
+            ("g2rec", {"layout": "fused", "direct_weight": 0.5, "positions": "start"}),
+            ("g2rec", {"layout": "fused", "direct_weight": 0.5, "context_len": 4, "context_tokens": 2})]
 
 
 def seqs():
@@ -45,7 +47,9 @@ def test_left_padding_does_not_change_scores():
 
 
 def test_one_pass_interest_tail_matches_one_pass_per_interest():
-    variants = [{}, {"positions": "start"}, {"positions": "start", "semantic_items": True}, {"hard_tokens": True}]
+    variants = [{}, {"positions": "start"}, {"positions": "start", "semantic_items": True}, {"hard_tokens": True},
+                {"layout": "fused"}, {"layout": "fused", "positions": "start"},
+                {"layout": "fused", "context_len": 3}]
     for kw in variants:
         m = make("g2rec", top_b=3, n_layers=2, **kw).eval()
         fast, ref = m.score_parts(seqs()[:, :-1]), m.score_parts_reference(seqs()[:, :-1])
@@ -54,7 +58,7 @@ def test_one_pass_interest_tail_matches_one_pass_per_interest():
 
 
 def test_training_reduces_loss_in_both_modes():
-    for mode, kw in (VARIANTS[0], VARIANTS[-1]):
+    for mode, kw in (VARIANTS[0], VARIANTS[-2], VARIANTS[-1], ("g2rec", {"layout": "fused", "n_negatives": 10})):
         m = make(mode, **kw)
         opt = torch.optim.Adam(m.parameters(), lr=1e-2)
         first = m.loss(seqs())[0].item()
@@ -91,3 +95,36 @@ def test_semantic_item_vectors_add_the_profile_weighted_cluster_embeddings():
 def test_semantic_items_need_profiles():
     with pytest.raises(ValueError, match="semantic_items"):
         ModelConfig(n_items=N, semantic_items=True)
+
+
+def test_fused_mixture_loss_is_the_top_b_mixture_that_score_ranks_with():
+    """With every interest in the top-B and a full softmax, the fused mixture loss is exactly
+    -log of score_parts' interest path at the target."""
+    m = make("g2rec", layout="fused", top_b=K, mixture_positions=10**6).eval()
+    x, y = seqs()[:, :-1], seqs()[:, -1]
+    h = m.encode(m._item_tokens(x))[:, -1]
+    logp_k = torch.log_softmax(h @ m.cluster_emb.weight.t(), -1)
+    logits, target, vectors = m._candidate_logits(h, y)
+    loss = m.mixture_loss(h, y, logp_k, logits, target, vectors)
+    via_interest, _ = m.score_parts(x)
+    assert torch.allclose(loss, -via_interest.gather(1, y.view(-1, 1)).mean(), atol=1e-5)
+
+
+def test_fused_sequences_are_as_long_as_items_mode():
+    m = make("g2rec", layout="fused")
+    tok = m._item_tokens(seqs())
+    assert tok.kind.shape == seqs().shape
+    assert torch.equal(tok.clusters[1, 0], m.prof_clusters[4])
+
+
+def test_context_tokens_summarise_the_items_before_the_window():
+    m = make("g2rec", layout="fused", max_len=2, context_len=3)
+    tok = m._item_tokens(torch.tensor([[0, 0, 5, 5, 1, 2], [0, 0, 0, 0, 1, 2]]))
+    assert tok.kind.shape == (2, 3)  # one context token, then the window's two items
+    assert tok.kind[1, 0] == 0  # nothing before the window: padding
+    # Item 5's profile twice (0.7 on 5 % K, 0.3 on 6 % K): the token holds both, renormalised.
+    assert tok.clusters[0, 0].tolist() == [5 % K, 6 % K]
+    assert torch.allclose(tok.weights[0, 0], torch.tensor([0.7, 0.3]))
+    # The model reads only context_len items before the window.
+    far = m.score(torch.tensor([[9, 9, 9, 5, 5, 1, 2]]))
+    assert torch.allclose(far, m.score(torch.tensor([[9, 5, 5, 1, 2]])), atol=1e-6)

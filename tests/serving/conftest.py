@@ -13,10 +13,10 @@ from training.pipeline import DataSource, PipelineConfig, save_run
 N, K, MAX_LEN = 60, 5, 12
 
 
-def tiny_model(mode: str, seed: int = 0) -> G2RecModel:
+def tiny_model(mode: str, seed: int = 0, **kw) -> G2RecModel:
     torch.manual_seed(seed)
     m = G2RecModel(ModelConfig(n_items=N, max_len=MAX_LEN, d_model=16, n_layers=1, mode=mode,
-                               n_clusters=K if mode == "g2rec" else 0, rho=2 if mode == "g2rec" else 1, top_b=3))
+                               n_clusters=K if mode == "g2rec" else 0, rho=2 if mode == "g2rec" else 1, top_b=3, **kw))
     if mode == "g2rec":
         w = torch.tensor([[0.6, 0.4]]).repeat(N + 1, 1)
         w[0] = 0

@@ -82,16 +82,17 @@ def test_model_version_is_a_sha256_prefix_of_the_file(exported, tmp_path):
     assert model_version(tmp_path / "other.onnx") != v
 
 
-def _g2rec(positions: str, direct_weight: float) -> torch.nn.Module:
-    m = tiny_model("g2rec")
+def _g2rec(positions: str, direct_weight: float, layout: str = "interleaved") -> torch.nn.Module:
+    m = tiny_model("g2rec", layout=layout)
     object.__setattr__(m.cfg, "positions", positions)  # a frozen config; these two change no weight
     object.__setattr__(m.cfg, "direct_weight", direct_weight)
     return m
 
 
+@pytest.mark.parametrize("layout", ["interleaved", "fused"])
 @pytest.mark.parametrize("positions,direct_weight", [("end", 0.0), ("start", 0.0), ("end", 0.9), ("start", 0.98)])
-def test_score_probs_is_exp_of_score_for_every_position_scheme_and_mixture(positions, direct_weight):
-    m = _g2rec(positions, direct_weight)
+def test_score_probs_is_exp_of_score_for_every_position_scheme_and_mixture(positions, direct_weight, layout):
+    m = _g2rec(positions, direct_weight, layout)
     rng = np.random.default_rng(2)
     hist = pad_left([rng.integers(1, N + 1, size=rng.integers(1, MAX_LEN + 1)) for _ in range(9)], MAX_LEN)
     ref, fast = m.score(torch.from_numpy(hist)).exp(), m.score_probs(torch.from_numpy(hist))
@@ -99,8 +100,9 @@ def test_score_probs_is_exp_of_score_for_every_position_scheme_and_mixture(posit
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-7)
 
 
-def test_the_served_graph_with_the_direct_head_mixed_in_matches_the_dense_reference(tmp_path):
-    m = _g2rec("start", 0.9)
+@pytest.mark.parametrize("layout", ["interleaved", "fused"])
+def test_the_served_graph_with_the_direct_head_mixed_in_matches_the_dense_reference(tmp_path, layout):
+    m = _g2rec("start", 0.9, layout)
     dense = export_onnx(m, tmp_path / "model.onnx")
     topk = export_topk(export_onnx(m, tmp_path / "model.probs.onnx", probs=True), tmp_path / "model.topk.onnx")
     scorer = OnnxScorer(ScorerConfig(str(dense), str(topk), max_len=MAX_LEN, chunk=3))
