@@ -92,7 +92,7 @@ class IngestService(Service):
         )
         await self.consumer.start()
         self.consumer.subscribe([cfg.topics.events], listener=_Rebalance(self))
-        # The modules loaded by now (Feast, SQLAlchemy, faust, aiokafka) hold ~1M objects for the
+        # The modules loaded by now (Feast, SQLAlchemy, faust, aiokafka) hold ~300k objects for the
         # life of the process; without this, each full collection walks them all (0.3 s pauses
         # inside checkpoints, measured in the history sink).
         gc.freeze()
