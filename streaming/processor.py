@@ -293,11 +293,13 @@ class StreamProcessor:
         t3 = time.perf_counter()
         self.store.commit(prepared.ckpt)
         committed_at = time.time()
-        self._stages = {"coalesce_s": t1 - t0, "sink_s": t2 - t1, "log_s": t3 - t2, "commit_s": time.perf_counter() - t3}
+        t4 = time.perf_counter()
         self.n_checkpoints += 1
         self._uncompacted.update(prepared.ckpt.offsets)
         if time.monotonic() - self._last_compaction >= self.cfg.compact_interval_s:
             self.compact_windows(prepared.stamp)
+        self._stages = {"coalesce_s": t1 - t0, "sink_s": t2 - t1, "log_s": t3 - t2, "commit_s": t4 - t3,
+                        "compact_s": time.perf_counter() - t4}
         if self.cfg.metrics_path:
             self._write_metrics(prepared, committed_at)
         return prepared.ckpt.n_events
@@ -336,7 +338,8 @@ class StreamProcessor:
         ckpt = prepared.ckpt
         line = {"committed_at": committed_at, "checkpoint_s": committed_at - prepared.prepared_at,
                 "first_fetch": prepared.first_fetch, "first_fetch_cpu_s": prepared.first_fetch_cpu,
-                "cpu_s": time.process_time(), "n_events": ckpt.n_events, **self._stages,
+                "cpu_s": time.process_time(), "n_events": ckpt.n_events, "users_in_memory": len(self.windows),
+                **self._stages,
                 "offsets": {str(p): end for p, (_, end) in ckpt.offsets.items()}}
         with open(path, "a") as f:
             f.write(json.dumps(line) + "\n")
