@@ -4,7 +4,9 @@ Feast's online stores keep, per (entity key, feature), the serialized `feast.typ
 protobuf, and key rows by `serialize_entity_key` (version 3). Building one protobuf object per
 value costs a few microseconds, which is most of a 100,000-row publish, so the fixed-width
 columns used here (int64 keys, int64 scalars, int64 and float32 lists of one width) are encoded
-straight into protobuf wire format, ragged ones (user histories) from a padded matrix and a mask. Every encoder is tested byte-for-byte against Feast and protobuf
+straight into protobuf wire format, ragged ones (user histories) from a padded matrix and a mask;
+small batches of ragged lists go through the protobuf classes. Every encoder is tested
+byte-for-byte against Feast and protobuf
 (tests/features/test_encoding.py), and `check_entity_keys` re-checks the key layout against
 Feast's own function at run time, so a Feast upgrade that changes the format fails loudly.
 """

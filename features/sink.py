@@ -83,7 +83,8 @@ class FeastHistorySink:
         items = np.zeros(keep.shape, dtype=np.int64)
         times = np.zeros(keep.shape, dtype=np.int64)
         items[keep] = np.concatenate([np.asarray(u.window)[len(u.window) - m:] for u, m in zip(ups, lengths.tolist())])
-        times[keep] = np.concatenate([np.asarray(u.window_times)[len(u.window) - m:] for u, m in zip(ups, lengths.tolist())])
+        times[keep] = np.concatenate([np.asarray(u.window_times)[len(u.window) - m:]
+                                      for u, m in zip(ups, lengths.tolist())])
         self._write(list(latest), {"item_ids": Column(int64_list_values(items, keep)),
                                    "timestamps": Column(int64_list_values(times, keep))})
         self.overwritten += len(ups)

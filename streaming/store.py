@@ -392,7 +392,8 @@ class StateStore:
             conn.execute(select(offsets_table.c.next_offset).where(
                 offsets_table.c.topic == topic, offsets_table.c.partition == partition).with_for_update())
             w = windows_table
-            heads = conn.execute(select(w.c.id, func.length(w.c.users)).where(w.c.topic == topic, w.c.partition == partition)
+            heads = conn.execute(select(w.c.id, func.length(w.c.users))
+                                 .where(w.c.topic == topic, w.c.partition == partition)
                                  .order_by(w.c.from_offset, w.c.id)).all()
             if not heads:
                 return True
