@@ -4,8 +4,9 @@ Feast's online stores keep, per (entity key, feature), the serialized `feast.typ
 protobuf, and key rows by `serialize_entity_key` (version 3). Building one protobuf object per
 value costs a few microseconds, which is most of a 100,000-row publish, so the fixed-width
 columns used here (int64 keys, int64 scalars, int64 and float32 lists of one width) are encoded
-straight into protobuf wire format. Ragged columns (user histories, small batches) go through the
-protobuf classes. Every encoder is tested byte-for-byte against Feast and protobuf
+straight into protobuf wire format, ragged ones (user histories) from a padded matrix and a mask;
+small batches of ragged lists go through the protobuf classes. Every encoder is tested
+byte-for-byte against Feast and protobuf
 (tests/features/test_encoding.py), and `check_entity_keys` re-checks the key layout against
 Feast's own function at run time, so a Feast upgrade that changes the format fails loudly.
 """
@@ -85,22 +86,33 @@ def int64_values(x: np.ndarray) -> list[bytes]:
     return _assemble([tag, (groups, keep)], len(x))
 
 
-def int64_list_values(x: np.ndarray) -> list[bytes]:
-    """Serialized `Value(int64_list_val=Int64List(val=row))` for each row of the 2-d array x."""
+def int64_list_values(x: np.ndarray, keep: np.ndarray | None = None) -> list[bytes]:
+    """Serialized `Value(int64_list_val=Int64List(val=row))` for each row of the 2-d array x.
+
+    keep: (n, width) bool, the entries of each row that belong to it (default all): ragged rows
+    (user histories) are encoded from a padded matrix without one protobuf object per row.
+    """
     x = _as_int64(x, "x", ndim=2)
     n, width = x.shape
     if n == 0:
         return []
     if width == 0:
         return [ValueProto(int64_list_val=Int64List()).SerializeToString()] * n
-    groups, keep = _varint_groups(x)  # (n, width, 10)
-    payload_len = keep.reshape(n, -1).sum(axis=1)
+    groups, kept = _varint_groups(x)  # (n, width, 10)
+    if keep is not None:
+        if keep.shape != x.shape:
+            raise ValueError(f"keep has shape {keep.shape}, x has {x.shape}")
+        kept &= keep[..., None]
+    payload_len = kept.reshape(n, -1).sum(axis=1)
     plen_g, plen_k = _varint_groups(payload_len)  # (n, 10)
-    inner_len = 1 + plen_k.sum(axis=1) + payload_len
+    packed = payload_len > 0  # protobuf leaves an empty packed field out
+    plen_k &= packed[:, None]
+    inner_len = np.where(packed, 1 + plen_k.sum(axis=1) + payload_len, 0)
     ilen_g, ilen_k = _varint_groups(inner_len)
+    tag_packed = _const(_TAG_PACKED, n)
     return _assemble(
-        [_const(_TAG_INT64_LIST, n), (ilen_g, ilen_k), _const(_TAG_PACKED, n), (plen_g, plen_k),
-         (groups, keep)],
+        [_const(_TAG_INT64_LIST, n), (ilen_g, ilen_k), (tag_packed[0], tag_packed[1] & packed[:, None]),
+         (plen_g, plen_k), (groups, kept)],
         n,
     )
 

@@ -1,17 +1,22 @@
 """The stream worker's history sink: keeps users' recent histories (the user_recent_history view)
-in the online store, one online read and one bulk write per batch.
+in the online store, one bulk write per batch.
 
 It implements streaming.sink.HistorySink: `write(updates)` with one streaming.sink.UserHistoryUpdate
 per user whose window changed in a checkpoint (the new events' item ids and unix-second
-timestamps, and the worker's window of the user's last items after them). The stored history is
-the stored one plus the new events, newest `max_len` kept, in the worker's order; the worker's
-window is the authority it is checked against:
+timestamps, the worker's window of the user's last items after them, and those items' times).
+The stored history is the user's last `max_len` events, oldest first; the worker's window is the
+authority for it:
 
-- appended tail equals the window: write it (the normal case);
-- stored tail already equals the window: this checkpoint was applied before a crash and is
-  being replayed, so nothing is written (replays are exact, not doubled);
-- neither (the store lost the row, or was written by someone else): start over from the
-  window; window items older than this checkpoint's events get timestamp -1, meaning unknown.
+- the window holds the last max_len events (or all of them) and their times are known: the
+  window is written as the history, without reading the store (the normal case). Writing the
+  same window again (a replay after a crash before the commit) changes nothing;
+- otherwise (the window's times are unknown because the worker reloaded it from its store, or
+  the window is shorter than max_len) the stored history is read and the new events appended:
+  - appended tail equals the window: write it;
+  - stored tail already equals the window: this checkpoint was applied before a crash and is
+    being replayed, so nothing is written (replays are exact, not doubled);
+  - neither (the store lost the row, or was written by someone else): start over from the
+    window; items whose time is not known get timestamp -1, meaning unknown.
 
 Updates without a window (any object with user_id, item_ids, timestamps) are appended as is.
 The sink must be the only writer of a user's row (the stream partitions events by user).
@@ -26,7 +31,7 @@ import numpy as np
 
 from .backends import Column
 from .config import StoreConfig
-from .encoding import checked_entity_keys, int64_ragged_values
+from .encoding import checked_entity_keys, int64_list_values, int64_ragged_values
 from .store import FeatureRepo
 
 VIEW = "user_recent_history"
@@ -41,48 +46,80 @@ class FeastHistorySink:
         self.max_len = max_len or repo.config.history_len
         if self.max_len < 1:
             raise ValueError(f"max_len={self.max_len} must be >= 1")
+        self.overwritten = 0  # users written from the window alone
+        self.merged = 0  # users whose stored history was read
         self.replays_skipped = 0
         self.restarts = 0
         self._owns_repo = False
 
     def write(self, updates: Sequence[Any]) -> None:
         """Apply a batch of updates (several for one user are applied in order)."""
-        batch: dict[int, list[tuple[list[int], list[int], list[int] | None]]] = {}
+        batch: dict[int, list[Any]] = {}
         for n, u in enumerate(updates):
-            items = np.asarray(u.item_ids).tolist()
-            times = np.floor(np.asarray(u.timestamps, dtype=np.float64)).astype(np.int64).tolist()
-            if len(items) != len(times):
-                raise ValueError(f"updates[{n}] (user {u.user_id}): {len(items)} item_ids but {len(times)} timestamps")
+            if len(u.item_ids) != len(u.timestamps):
+                raise ValueError(f"updates[{n}] (user {u.user_id}): {len(u.item_ids)} item_ids but "
+                                 f"{len(u.timestamps)} timestamps")
             if int(u.user_id) != u.user_id:
                 raise TypeError(f"updates[{n}].user_id must be an integer, got {u.user_id!r}")
-            window = getattr(u, "window", None)
-            window = None if window is None else np.asarray(window).tolist()
-            batch.setdefault(int(u.user_id), []).append((items, times, window))
-        if not batch:
-            return
+            batch.setdefault(int(u.user_id), []).append(u)
+        whole = {user: ups[-1] for user, ups in batch.items() if self._covers_history(ups[-1])}
+        if whole:
+            self._overwrite(whole)
+        rest = {user: ups for user, ups in batch.items() if user not in whole}
+        if rest:
+            self._merge(rest)
+
+    def _covers_history(self, u: Any) -> bool:
+        """The update's window holds the user's last max_len events, all with known times."""
+        window, times = getattr(u, "window", None), getattr(u, "window_times", None)
+        if window is None or times is None or len(window) == 0 or len(times) != len(window):
+            return False
+        return len(window) >= min(u.position, self.max_len) and bool((np.asarray(times)[-self.max_len:] >= 0).all())
+
+    def _overwrite(self, latest: dict[int, Any]) -> None:
+        ups = list(latest.values())
+        lengths = np.fromiter((min(len(u.window), self.max_len) for u in ups), dtype=np.int64, count=len(ups))
+        keep = np.arange(int(lengths.max()))[None, :] < lengths[:, None]  # (n, width) left-aligned rows
+        items = np.zeros(keep.shape, dtype=np.int64)
+        times = np.zeros(keep.shape, dtype=np.int64)
+        items[keep] = np.concatenate([np.asarray(u.window)[len(u.window) - m:] for u, m in zip(ups, lengths.tolist())])
+        times[keep] = np.concatenate([np.asarray(u.window_times)[len(u.window) - m:]
+                                      for u, m in zip(ups, lengths.tolist())])
+        self._write(list(latest), {"item_ids": Column(int64_list_values(items, keep)),
+                                   "timestamps": Column(int64_list_values(times, keep))})
+        self.overwritten += len(ups)
+
+    def _merge(self, batch: dict[int, list[Any]]) -> None:
         users = list(batch)
         keys = checked_entity_keys({"user_id": np.array(users, np.int64)})
         stored = self.repo.read(VIEW, keys, ["item_ids", "timestamps"])
-        out_keys, out_items, out_times = [], [], []
-        for key, user, row in zip(keys, users, stored):
+        out_users, out_items, out_times = [], [], []
+        for user, row in zip(users, stored):
             items = list(row["item_ids"].int64_list_val.val) if row else []
             times = list(row["timestamps"].int64_list_val.val) if row else []
             before = (items, times)
-            for new_items, new_times, window in batch[user]:
-                items, times = self._apply(items, times, new_items, new_times, window)
+            for u in batch[user]:
+                items, times = self._apply(items, times, u)
             if (items, times) != before:
-                out_keys.append(key)
+                out_users.append(user)
                 out_items.append(items)
                 out_times.append(times)
-        if out_keys:
-            columns = {"item_ids": Column(int64_ragged_values(out_items)),
-                       "timestamps": Column(int64_ragged_values(out_times))}
-            self.repo.backend.write(self.repo.view(VIEW), out_keys, columns, datetime.now(timezone.utc))
+        self.merged += len(users)
+        if out_users:
+            self._write(out_users, {"item_ids": Column(int64_ragged_values(out_items)),
+                                    "timestamps": Column(int64_ragged_values(out_times))})
 
-    def _apply(self, items: list[int], times: list[int], new_items: list[int], new_times: list[int],
-               window: list[int] | None) -> tuple[list[int], list[int]]:
+    def _write(self, users: list[int], columns: dict[str, Column]) -> None:
+        keys = checked_entity_keys({"user_id": np.array(users, np.int64)})
+        self.repo.backend.write(self.repo.view(VIEW), keys, columns, datetime.now(timezone.utc))
+
+    def _apply(self, items: list[int], times: list[int], u: Any) -> tuple[list[int], list[int]]:
+        new_items = np.asarray(u.item_ids).tolist()
+        new_times = np.floor(np.asarray(u.timestamps, dtype=np.float64)).astype(np.int64).tolist()
+        window = getattr(u, "window", None)
+        window = None if window is None else np.asarray(window).tolist()
         cat_items, cat_times = items + new_items, times + new_times
-        if window is None or not window:
+        if not window:
             return cat_items[-self.max_len:], cat_times[-self.max_len:]
         k = len(window)
         if cat_items[-k:] == window:
@@ -92,6 +129,9 @@ class FeastHistorySink:
             return items, times
         self.restarts += 1
         kept = window[-self.max_len:]
+        window_times = getattr(u, "window_times", None)
+        if window_times is not None:
+            return kept, np.asarray(window_times).tolist()[-len(kept):]
         m = min(len(kept), len(new_items))
         known = new_times[-m:] if m and kept[-m:] == new_items[-m:] else []
         return kept, [UNKNOWN_TIME] * (len(kept) - len(known)) + known

@@ -23,6 +23,7 @@ from streaming.eventlog import EventLogWriter, LoggedEvents
 from streaming.models import DeadLetter, decode_values
 from streaming.sink import HistorySink, NoopSink, UserHistoryUpdate
 from streaming.store import Checkpoint, StateStore
+from streaming.timed_windows import TimedWindows
 
 # 2**1000 is far inside float64 range; beyond it the decay boost would overflow.
 _MAX_DECAY_EXPONENT = 1000.0
@@ -72,7 +73,8 @@ class StreamProcessor:
         self.cfg = cfg
         self.store = store
         self.sink = sink or NoopSink()
-        self.windows = UserWindows(cfg.graph.window)
+        self._timed = not isinstance(self.sink, NoopSink)  # the sink writes windows with their times
+        self.windows = self._new_windows()
         self.next_offset: dict[int, int] = {}  # owned partition -> next offset to apply
         self._committed: dict[int, int] = {}  # owned partition -> next offset in the store
         self._pending = _Pending()
@@ -127,11 +129,14 @@ class StreamProcessor:
     def reset(self) -> dict[int, int]:
         """Drop all uncommitted work and reload owned partitions; returns partition -> seek offset."""
         owned = sorted(self.owned)
-        self.windows = UserWindows(self.cfg.graph.window)
+        self.windows = self._new_windows()
         self.next_offset.clear()
         self._committed.clear()
         self._pending = _Pending()
         return {p: self.assign(p, 0) for p in owned}
+
+    def _new_windows(self) -> UserWindows | TimedWindows:
+        return TimedWindows(self.cfg.graph.window) if self._timed else UserWindows(self.cfg.graph.window)
 
     # processing -----------------------------------------------------------------------------
     def process(self, partition: int, offsets: list[int], values: list[bytes | None],
@@ -191,7 +196,11 @@ class StreamProcessor:
             self.windows.load(self.store.load_users(self.cfg.topics.events, partition, cols.user_ids[absent]),
                               partition)
             rows[absent] = self.windows.rows_for(cols.user_ids[absent], partition)
-        ctx = self.windows.extend(cols.user_ids, cols.item_ids, partition, time.monotonic(), rows)
+        if isinstance(self.windows, TimedWindows):
+            times = np.floor(cols.timestamps).astype(np.int64)
+            ctx = self.windows.extend(cols.user_ids, cols.item_ids, times, partition, time.monotonic(), rows)
+        else:
+            ctx = self.windows.extend(cols.user_ids, cols.item_ids, partition, time.monotonic(), rows)
         factor = cols.weights if boost is None else cols.weights * boost
         grouped = None if np.all(factor == 1.0) else factor[ctx.order]
         item, partner, weight, _ = sample_increments(ctx, self.cfg.graph, self.cfg.r, grouped)
@@ -200,7 +209,7 @@ class StreamProcessor:
         pending.n_events += len(cols)
         pending.max_time = max(pending.max_time, float(cols.timestamps.max()))
         pending.logs.setdefault(partition, []).append((cols.user_ids, cols.item_ids))
-        if not isinstance(self.sink, NoopSink):
+        if self._timed:
             pending.touched.append((cols.user_ids, cols.item_ids, cols.timestamps))
 
     def _evict_idle(self) -> None:
@@ -271,19 +280,26 @@ class StreamProcessor:
         Touches only the sink, the store and the metrics file, so it may run in a worker thread
         while the next batches are processed (one call at a time, in preparation order).
         """
+        t0 = time.perf_counter()
         if prepared.delta is not None:  # the sort behind the coalescing runs here, beside the ingest loop
             a, b, w = prepared.delta.pairs()
             prepared.ckpt.keys, prepared.ckpt.weights = (a << 32) | b, w
+        t1 = time.perf_counter()
         if prepared.updates:
             self.sink.write(prepared.updates)
+        t2 = time.perf_counter()
         if self.event_log is not None and prepared.events:
             self.event_log.write(prepared.events)
+        t3 = time.perf_counter()
         self.store.commit(prepared.ckpt)
         committed_at = time.time()
+        t4 = time.perf_counter()
         self.n_checkpoints += 1
         self._uncompacted.update(prepared.ckpt.offsets)
         if time.monotonic() - self._last_compaction >= self.cfg.compact_interval_s:
             self.compact_windows(prepared.stamp)
+        self._stages = {"coalesce_s": t1 - t0, "sink_s": t2 - t1, "log_s": t3 - t2, "commit_s": t4 - t3,
+                        "compact_s": time.perf_counter() - t4}
         if self.cfg.metrics_path:
             self._write_metrics(prepared, committed_at)
         return prepared.ckpt.n_events
@@ -309,10 +325,12 @@ class StreamProcessor:
         starts = np.flatnonzero(np.concatenate([[True], users[1:] != users[:-1]]))
         ends = np.append(starts[1:], len(users))
         uniq = users[starts]
-        table = self.windows.export(self.windows.rows_for(uniq, partition=-1))  # all rows exist
-        return [UserHistoryUpdate(int(u), items[s:e], times[s:e], table.flat[table.ptr[k]:table.ptr[k + 1]],
-                                  int(table.positions[k]))
-                for k, (u, s, e) in enumerate(zip(uniq.tolist(), starts.tolist(), ends.tolist()))]
+        assert isinstance(self.windows, TimedWindows)
+        table, times_table = self.windows.export(self.windows.rows_for(uniq, partition=-1))  # all rows exist
+        ptr, flat, flat_times = table.ptr.tolist(), table.flat, times_table.flat
+        return [UserHistoryUpdate(u, items[s:e], times[s:e], flat[ptr[k]:ptr[k + 1]], p, flat_times[ptr[k]:ptr[k + 1]])
+                for k, (u, s, e, p) in enumerate(zip(uniq.tolist(), starts.tolist(), ends.tolist(),
+                                                     table.positions.tolist()))]
 
     def _write_metrics(self, prepared: PreparedCheckpoint, committed_at: float) -> None:
         path = self.cfg.metrics_path
@@ -320,7 +338,8 @@ class StreamProcessor:
         ckpt = prepared.ckpt
         line = {"committed_at": committed_at, "checkpoint_s": committed_at - prepared.prepared_at,
                 "first_fetch": prepared.first_fetch, "first_fetch_cpu_s": prepared.first_fetch_cpu,
-                "cpu_s": time.process_time(), "n_events": ckpt.n_events,
+                "cpu_s": time.process_time(), "n_events": ckpt.n_events, "users_in_memory": len(self.windows),
+                **self._stages,
                 "offsets": {str(p): end for p, (_, end) in ckpt.offsets.items()}}
         with open(path, "a") as f:
             f.write(json.dumps(line) + "\n")

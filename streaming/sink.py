@@ -28,7 +28,10 @@ class UserHistoryUpdate:
     timestamps: (n,) float64 their unix seconds.
     window:     (L,) int64 the user's last L = min(position, window size) items after them, oldest first.
     position:   events seen for this user so far (all time).
-    A sink can append item_ids/timestamps to a stored history, or overwrite it with `window`.
+    window_times: (L,) int64 unix seconds (floored) of the window's items, -1 where unknown (items
+                of a window the worker reloaded from its store), or None.
+    A sink can append item_ids/timestamps to a stored history, or overwrite it with `window` and
+    `window_times` where those are known.
     """
 
     user_id: int
@@ -36,6 +39,7 @@ class UserHistoryUpdate:
     timestamps: np.ndarray
     window: np.ndarray
     position: int
+    window_times: np.ndarray | None = None
 
 
 @runtime_checkable

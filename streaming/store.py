@@ -36,7 +36,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 from sqlalchemy import (BigInteger, Boolean, Column, Float, Integer, LargeBinary, MetaData, String, Table,
-                        Text, create_engine, delete, event, insert, select, tuple_, update)
+                        Text, create_engine, delete, event, func, insert, select, tuple_, update)
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -216,6 +216,12 @@ class StateStore:
             _sqlite_setup(self.engine)
         with self._write() as conn:
             metadata.create_all(conn)
+        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        # SQLite (3.24+) and Postgres share this upsert.
+        self._upsert_window = (
+            "INSERT INTO stream_user_windows (topic, partition, user_id, position, items) "
+            f"VALUES ({', '.join([mark] * 5)}) ON CONFLICT (topic, partition, user_id) "
+            "DO UPDATE SET position = excluded.position, items = excluded.items")
 
     def close(self) -> None:
         self.engine.dispose()
@@ -381,29 +387,41 @@ class StateStore:
     def compact_windows(self, topic: str, partition: int, window: int, max_events: int | None = None) -> bool:
         """Fold the partition's logs, oldest first, into its users' rows (one transaction), at
         least one log and about `max_events` events at most (None: all); True when none is left."""
-        t = user_windows_table
         with self._write() as conn:
             # Taking the offset row serialises this with commits and other compactions of the partition.
             conn.execute(select(offsets_table.c.next_offset).where(
                 offsets_table.c.topic == topic, offsets_table.c.partition == partition).with_for_update())
-            logs = self._logs(conn, topic, partition)
-            if not logs:
+            w = windows_table
+            heads = conn.execute(select(w.c.id, func.length(w.c.users))
+                                 .where(w.c.topic == topic, w.c.partition == partition)
+                                 .order_by(w.c.from_offset, w.c.id)).all()
+            if not heads:
                 return True
+            n = len(heads)
             if max_events is not None:  # a bounded step, so commits queued behind it wait little
-                sizes = np.cumsum([len(r.users) // 8 for r in logs])
-                logs = logs[:max(1, int(np.searchsorted(sizes, max_events, side="right")))]
-            done = len(logs) == len(sizes) if max_events is not None else True
+                sizes = np.cumsum([size // 8 for _, size in heads])
+                n = max(1, int(np.searchsorted(sizes, max_events, side="right")))
+            ids = [i for i, _ in heads[:n]]
+            logs = conn.execute(select(w.c.users, w.c["items"]).where(w.c.id.in_(ids))
+                                .order_by(w.c.from_offset, w.c.id)).all()
             users = np.concatenate([_from_i64(r.users) for r in logs])
-            folded = self._fold(self._user_rows(conn, topic, partition, users), logs, window)
-            ids, positions, ptr, flat = folded.users.tolist(), folded.positions.tolist(), folded.ptr.tolist(), folded.flat
-            for lo in range(0, len(ids), _IN_CHUNK):  # in chunks: the rows' Python objects stay few
-                chunk = range(lo, min(lo + _IN_CHUNK, len(ids)))
-                conn.execute(delete(t).where(t.c.topic == topic, t.c.partition == partition,
-                                             t.c.user_id.in_(ids[lo:lo + _IN_CHUNK])))
-                conn.execute(insert(t), [dict(topic=topic, partition=partition, user_id=ids[k], position=positions[k],
-                                              items=_i64(flat[ptr[k]:ptr[k + 1]])) for k in chunk])
-            conn.execute(delete(windows_table).where(windows_table.c.id.in_([r.id for r in logs])))
-            return done
+            items = np.concatenate([_from_i64(r.items) for r in logs])
+            del logs
+            folded_ids = np.unique(users)
+            # A fixed number of users at a time, so what a step holds besides its logs (stored rows,
+            # folded windows, rows to insert) does not grow with the users it touches.
+            for lo in range(0, len(folded_ids), _IN_CHUNK):
+                chunk_ids = folded_ids[lo:lo + _IN_CHUNK]
+                mine = (users >= chunk_ids[0]) & (users <= chunk_ids[-1])  # each user's events stay in order
+                folded = fold_histories(self._user_rows(conn, topic, partition, chunk_ids), users[mine], items[mine],
+                                        window)
+                ptr, flat = folded.ptr.tolist(), folded.flat
+                # Straight to the driver: SQLAlchemy's per-row parameter handling was half the step.
+                conn.exec_driver_sql(self._upsert_window, [
+                    (topic, partition, u, p, _i64(flat[ptr[k]:ptr[k + 1]]))
+                    for k, (u, p) in enumerate(zip(folded.users.tolist(), folded.positions.tolist()))])
+            conn.execute(delete(w).where(w.c.id.in_(ids)))
+            return n == len(heads)
 
     def committed(self, topic: str) -> CommittedState:
         """All committed counts, the number of events behind them and the offsets they cover."""

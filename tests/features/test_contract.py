@@ -110,15 +110,17 @@ def test_prototypes_round_trip_with_their_profile_version(repo):
 class Worker:
     """Stands in for the stream worker: keeps each user's window and emits UserHistoryUpdates."""
 
-    def __init__(self, window: int):
-        self.window, self.seen = window, {}
+    def __init__(self, window: int, timed: bool = False):
+        self.window, self.timed, self.seen, self.times = window, timed, {}, {}
 
     def update(self, user: int, items: list[int], times: list[float]) -> UserHistoryUpdate:
-        hist = self.seen.setdefault(user, [])
+        hist, hist_times = self.seen.setdefault(user, []), self.times.setdefault(user, [])
         hist.extend(items)
+        hist_times.extend(np.floor(times).astype(int).tolist())
         return UserHistoryUpdate(user_id=user, item_ids=np.array(items, np.int64),
                                  timestamps=np.array(times, np.float64),
-                                 window=np.array(hist[-self.window:], np.int64), position=len(hist))
+                                 window=np.array(hist[-self.window:], np.int64), position=len(hist),
+                                 window_times=np.array(hist_times[-self.window:], np.int64) if self.timed else None)
 
 
 def test_history_sink_keeps_the_newest_events_and_replays_are_exact(repo):
@@ -138,6 +140,32 @@ def test_history_sink_keeps_the_newest_events_and_replays_are_exact(repo):
     h = FeatureLookup(repo).histories([1])
     assert h.items[0].tolist() == [12, 13, 11, 14] and h.times[0].tolist() == [102, 103, 104, 105]
     assert sink.replays_skipped == 1
+
+
+def test_history_sink_writes_a_window_with_known_times_without_reading_and_replays_are_exact(repo):
+    sink = FeastHistorySink(repo, max_len=3)
+    w = Worker(window=4, timed=True)
+    sink.write([w.update(1, [10, 11], [100, 101.5]), w.update(2, [20], [200]), w.update(1, [12, 13], [102, 103])])
+    batch = [w.update(1, [14], [104]), w.update(2, [21], [201])]
+    sink.write(batch)
+    sink.write(batch)  # redelivered after a crash before the checkpoint commit
+    assert (sink.overwritten, sink.merged) == (6, 0)
+    h = FeatureLookup(repo).histories([1, 2])
+    assert h.items[0].tolist() == [12, 13, 14] and h.times[0].tolist() == [102, 103, 104]
+    assert h.items[1].tolist() == [20, 21] and h.times[1].tolist() == [200, 201]
+
+
+def test_history_sink_merges_with_the_stored_history_where_window_times_are_unknown(repo):
+    sink = FeastHistorySink(repo, max_len=4)
+    w = Worker(window=4, timed=True)
+    sink.write([w.update(1, [10, 11, 12], [100, 101, 102])])
+    reloaded = w.update(1, [13], [103])  # the worker reloaded this window from its store: old times unknown
+    reloaded = dataclasses.replace(reloaded, window_times=np.array([-1, -1, -1, 103]))
+    sink.write([reloaded])
+    sink.write([reloaded])
+    assert (sink.overwritten, sink.merged, sink.replays_skipped) == (1, 2, 1)
+    h = FeatureLookup(repo).histories([1])
+    assert h.items[0].tolist() == [10, 11, 12, 13] and h.times[0].tolist() == [100, 101, 102, 103]
 
 
 def test_history_sink_restarts_from_the_window_when_the_store_lost_the_row(repo):

@@ -26,6 +26,14 @@ def test_int64_lists_match_protobuf(x):
 
 
 @settings(max_examples=60, deadline=None)
+@given(hnp.arrays(np.int64, st.tuples(st.integers(0, 20), st.integers(0, 9)), elements=IDS), st.data())
+def test_ragged_int64_lists_from_a_padded_matrix_match_protobuf(x, data):
+    keep = data.draw(hnp.arrays(bool, x.shape))
+    expected = [ValueProto(int64_list_val=Int64List(val=r[k].tolist())).SerializeToString() for r, k in zip(x, keep)]
+    assert encoding.int64_list_values(x, keep) == expected
+
+
+@settings(max_examples=60, deadline=None)
 @given(hnp.arrays(np.int64, st.integers(0, 30), elements=IDS))
 def test_int64_scalars_match_protobuf(x):
     assert encoding.int64_values(x) == [ValueProto(int64_val=int(v)).SerializeToString() for v in x]

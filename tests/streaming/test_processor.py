@@ -147,6 +147,33 @@ def test_sink_gets_each_touched_users_new_events_and_window_before_the_commit(cf
         assert np.concatenate([x.timestamps for x in pushed]).tolist() == times[mine].tolist()
         assert pushed[-1].position == len(mine)
         assert pushed[-1].window.tolist() == items[mine][-cfg.graph.window:].tolist()
+        assert pushed[-1].window_times.tolist() == np.floor(times[mine][-cfg.graph.window:]).tolist()
+
+
+def test_window_times_are_exact_and_unknown_only_for_items_reloaded_from_the_store(cfg, events):
+    from dataclasses import replace
+
+    users, items, times, values, partitions = events
+    cfg = replace(cfg, user_ttl_s=0.0, compact_interval_s=1e-6)
+    sink = RecordingSink()
+    proc = StreamProcessor(cfg, StateStore(cfg.store), sink)
+    for p in range(N_PARTITIONS):
+        proc.assign(p, 0)
+    ends = _ends(partitions)
+    for k in range(1, 5):  # with TTL 0 users leave memory and come back
+        _feed(proc, values, partitions, {p: e * k // 4 for p, e in ends.items()})
+        proc.checkpoint()
+    assert proc.n_evicted > 0
+    n_unknown = 0
+    for update in sink.calls[-1]:
+        mine = np.flatnonzero(users == update.user_id)[:update.position]
+        assert update.window.tolist() == items[mine][-cfg.graph.window:].tolist()
+        want = np.floor(times[mine][-len(update.window):])
+        unknown = update.window_times == -1
+        assert update.window_times[~unknown].tolist() == want[~unknown].tolist()
+        assert not unknown[len(unknown) - len(update.item_ids):].any()  # this checkpoint's events
+        n_unknown += int(unknown.any())
+    assert n_unknown > 0  # some windows were reloaded
 
 
 class RecordingSink:
