@@ -9,7 +9,9 @@
    single-user /recommend latency and requests/s, then /recommend/batch users/s;
 3. swap_*: 3 swaps of the served run (`--watch DIR`, the `current` symlink flipped) under that
    load: failed responses, and mixed ones (a response whose items are not its named version's);
-4. batch_*: `g2rec score --all` over a synthetic event log (users/s, peak RSS of the processes).
+4. batch_*: `g2rec score --all` over a synthetic event log (users/s, peak RSS of the processes);
+5. freshness_*: an event produced on Kafka -> POST /recommend {"user_id"} reflects it, through
+   `g2rec stream --sink feast` and `g2rec serve --features` (bench/serve_freshness.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from pathlib import Path
 
 import click
 import numpy as np
+
+from bench.serve_freshness import FreshnessConfig, measure_freshness
 
 REPO = Path(__file__).resolve().parent.parent
 HARDWARE = "2 shared CPU cores (loaded machine, other agents' jobs running), no GPU"
@@ -335,19 +339,32 @@ def batch_job(run_dir: Path, scratch: Path, n_users: int, workers: int) -> dict:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=REPO / "bench/results/serve.json")
 @click.option("--scoring-only", is_flag=True,
               help="rerun only the in-process scoring figures (1.) and keep the other keys of --out")
-def command(threads, reps, seconds, clients, batch_users, workers, out, scoring_only):
-    """Scoring, HTTP, hot-swap and batch-scoring figures of the serving stack -> bench/results/serve.json."""
+@click.option("--freshness-only", is_flag=True, help="rerun only the freshness figures (5.) and keep the other keys")
+@click.option("--fresh-users", type=int, default=FreshnessConfig.users, show_default=True, help="watched users")
+@click.option("--fresh-rate", type=float, default=FreshnessConfig.rate, show_default=True,
+              help="events/s produced during the freshness phase (watched + background users)")
+@click.option("--fresh-seconds", type=float, default=FreshnessConfig.seconds, show_default=True)
+def command(threads, reps, seconds, clients, batch_users, workers, out, scoring_only, freshness_only, fresh_users,
+            fresh_rate, fresh_seconds):
+    """Scoring, HTTP, hot-swap, batch-scoring and freshness figures of the serving stack -> bench/results/serve.json."""
     import tempfile
 
     from serving.run_dir import RunConfig, open_run, read_version
 
+    fresh = FreshnessConfig(users=fresh_users, rate=fresh_rate, seconds=fresh_seconds)
     with tempfile.TemporaryDirectory(prefix="g2rec-bench-serve-") as tmp:
         tmp = Path(tmp)
-        if scoring_only:
+        if scoring_only or freshness_only:
             result = json.loads(out.read_text())
-            result.update(scoring_figures(beauty_sized_run(tmp / "run-a", 0), threads, reps))
-            result["scoring_threads"] = threads
-            result["rerun"] = "scoring figures only (batch_1000_*, single_user_*); the other keys are an earlier run's"
+            run = beauty_sized_run(tmp / "run-a", 0)
+            if scoring_only:
+                result.update(scoring_figures(run, threads, reps))
+                result["scoring_threads"] = threads
+            if freshness_only:
+                result.update(measure_freshness(run, tmp / "fresh", fresh))
+            result.pop("freshness", None)
+            result["rerun"] = (f"{' and '.join(n for n, on in (('scoring', scoring_only), ('freshness', freshness_only)) if on)}"
+                               " figures only; the other keys are an earlier run's")
             out.write_text(json.dumps(result, indent=2) + "\n")
             click.echo(json.dumps(result, indent=2))
             return
@@ -381,8 +398,9 @@ def command(threads, reps, seconds, clients, batch_users, workers, out, scoring_
             "http_batch_failed": batch.failed,
             "swap_count": len(took), "swap_seconds_to_serve": took, "swap_requests": len(swapped.latencies_s),
             "swap_failed_responses": swapped.failed, "swap_mixed_responses": swapped.mixed,
-            "freshness": "not measured: needs the broker + `g2rec stream --sink feast` + the server in one run",
         })
+        click.echo(json.dumps(result), err=True)
+        result.update(measure_freshness(runs[0], tmp / "fresh", fresh))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     click.echo(json.dumps(result, indent=2))
