@@ -29,7 +29,7 @@ import numpy as np
 from g2rec.errors import UnavailableError
 
 REPO = Path(__file__).resolve().parent.parent
-WATCHED_BASE, BACKGROUND_BASE, WARM_USER = 50_000_000, 60_000_000, 49_999_999
+WARM_BASE, WATCHED_BASE, BACKGROUND_BASE = 40_000_000, 50_000_000, 60_000_000
 
 
 @dataclass(frozen=True)
@@ -133,8 +133,9 @@ def measure_freshness(run_dir: Path, work: Path, cfg: FreshnessConfig = Freshnes
     from infra import kafka
     from infra.process import stop as stop_pid
     from streaming.models import encode_event
+    from streaming.replay import partitions_for_users
 
-    work.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True)  # new: a stream store from an earlier broker would skip this one's offsets
     items = np.load(Path(run_dir) / "item_ids.npy", allow_pickle=True)[1:]
     if items.dtype.kind not in "iu":
         raise ValueError(f"{run_dir}: freshness needs integer item ids (events carry int ids)")
@@ -164,13 +165,18 @@ def measure_freshness(run_dir: Path, work: Path, cfg: FreshnessConfig = Freshnes
                                                                             ms / 1000), timestamp_ms=ms)
             return ms / 1000
 
-        # Warm up: the worker's first group join takes seconds; wait until an event shows.
+        # Warm up: the worker's group join takes seconds and may hand it partitions one rebalance
+        # at a time; wait until an event of every partition shows.
+        candidates = WARM_BASE + np.arange(64 * cfg.partitions)
+        parts = partitions_for_users(candidates, cfg.partitions)
+        warm_users = [int(candidates[np.flatnonzero(parts == p)[0]]) for p in range(cfg.partitions)]
         deadline = time.monotonic() + cfg.timeout_s
-        while _history_items(server.port, WARM_USER) == 0:
+        while any(_history_items(server.port, u) == 0 for u in warm_users):
             if time.monotonic() > deadline or procs[0].poll() is not None:
-                raise UnavailableError(f"no event reached /recommend within {cfg.timeout_s}s",
+                raise UnavailableError(f"events did not reach /recommend from every partition within {cfg.timeout_s}s",
                                        fix=f"see {work / 'stream.log'}")
-            send(WARM_USER, int(items[0]))
+            for u in warm_users:
+                send(u, int(items[0]))
             producer.flush()
             time.sleep(0.5)
 
@@ -179,8 +185,10 @@ def measure_freshness(run_dir: Path, work: Path, cfg: FreshnessConfig = Freshnes
         poller = spawn.Process(target=_poll, args=(server.port, watched, cfg.poll_interval_s, cfg.pollers, 2.0,
                                                    ready, stop, seen_path))
         poller.start()
-        if not ready.wait(cfg.timeout_s):
-            raise UnavailableError("the freshness poller did not start")
+        deadline = time.monotonic() + cfg.timeout_s
+        while not ready.wait(0.5):
+            if not poller.is_alive() or time.monotonic() > deadline:
+                raise UnavailableError("the freshness poller did not start", fix="see its traceback above")
         created: dict[int, list[float]] = {u: [] for u in watched}
         schedule = _schedule(cfg, items)
         t0 = time.perf_counter()

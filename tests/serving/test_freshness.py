@@ -20,6 +20,6 @@ def test_an_event_counts_from_the_first_answer_whose_history_holds_it():
 def test_events_produced_on_kafka_reach_recommend_for_their_users(run_dir, tmp_path):
     cfg = FreshnessConfig(users=3, rate=30, seconds=3, watched_every_s=0.5, pollers=1, partitions=2,
                           background_users=20, timeout_s=90)
-    out = measure_freshness(run_dir, tmp_path, cfg)
+    out = measure_freshness(run_dir, tmp_path / "fresh", cfg)
     assert out["freshness_not_seen"] == 0 and out["freshness_events"] == 3 * 6, out
     assert 0 < out["freshness_p50_s"] <= out["freshness_p99_s"] < 10, out
