@@ -255,7 +255,7 @@ def scoring_figures(run_dir: Path, threads: int, reps: int) -> dict:
     import torch
 
     from g2rec.ranking import pad_left
-    from serving.run_dir import INT8, MANIFEST, RunConfig, open_run
+    from serving.run_dir import INT8, MANIFEST, RunConfig, open_run, validation_histories
     from training.pipeline import load_run
 
     rec = open_run(RunConfig(run_dir, threads=threads))
@@ -280,7 +280,15 @@ def scoring_figures(run_dir: Path, threads: int, reps: int) -> dict:
     torch.set_num_threads(threads)
     padded = torch.from_numpy(pad_left([np.asarray(h) for h in users], 50))
     manifest = json.loads((Path(run_dir) / MANIFEST).read_text())["int8"]
-    return {
+    extra = {}
+    if manifest.get("users"):  # the run's dataset loads: 1,000 of its validation histories too (shorter)
+        valid = [rec.item_ids[h].tolist() for h in validation_histories(Path(run_dir), rec.n_items)[:1000]]
+        times = _side_by_side_ms({n: (lambda r=graphs[n]: r.recommend(valid, 10)) for n in ("served", "float")
+                                  if n in graphs}, reps)
+        extra = {f"batch_1000_ms_validation_histories{'' if n == 'served' else '_float'}": float(np.median(t))
+                 for n, t in times.items()}
+        extra["validation_history_mean_length"] = float(np.mean([len(h) for h in valid]))
+    return {**extra,
         "served_graph": Path(rec.scorer.cfg.topk_path).name,
         "int8": manifest,
         "batch_1000_ms": float(np.median(batch["served"])),

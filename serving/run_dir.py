@@ -155,7 +155,7 @@ def prepare_run(run_dir: Path) -> None:
         np.save(run_dir / "item_counts.npy", counts.astype(np.int64))
 
 
-def _validation_histories(run_dir: Path, n_items: int) -> list[np.ndarray]:
+def validation_histories(run_dir: Path, n_items: int) -> list[np.ndarray]:
     """Up to INT8_PARITY_USERS validation histories (dense ids: each user's training items) of the
     run's dataset, sampled with a fixed seed."""
     from g2rec.metrics import loo_split
@@ -177,7 +177,7 @@ def _quantized(run_dir: Path, model, topk: Path) -> dict:
     from training.export import quantize_int8, topk_agreement
 
     try:
-        histories = _validation_histories(run_dir, model.cfg.n_items)
+        histories = validation_histories(run_dir, model.cfg.n_items)
     except (OSError, ValueError, G2RecError) as e:  # no dataset here (a registry copy, a synthetic run)
         return {"onnx": None, "reason": f"no validation histories to check it on ({e})"}
     tmp = run_dir / f".{INT8}.{os.getpid()}.tmp"

@@ -36,13 +36,13 @@ def trained_run(tmp_path_factory):
     return tmp / "run"
 
 
-def test_a_trained_runs_int8_graph_keeps_the_top_10_of_validation_histories(trained_run):
+def test_a_trained_runs_int8_graph_keeps_the_top_10_ofvalidation_histories(trained_run):
     open_run(RunConfig(trained_run))
     int8 = json.loads((trained_run / MANIFEST).read_text())["int8"]
     assert int8["onnx"] == INT8 and int8["users"] > 400, int8
     assert int8["same_top10_set"] >= run_dir_module.INT8_MIN_SAME_SET and int8["mean_overlap10"] >= 0.99, int8
     # The recorded figures are the graphs' own: measured again on the same histories.
-    histories = run_dir_module._validation_histories(trained_run, 200)
+    histories = run_dir_module.validation_histories(trained_run, 200)
     again = topk_agreement(trained_run / TOPK, trained_run / INT8, histories, 20)
     assert (again.same_set, again.users) == (int8["same_top10_set"], int8["users"])
 
