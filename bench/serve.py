@@ -255,7 +255,13 @@ def scoring_figures(run_dir: Path, threads: int, reps: int) -> dict:
     import torch
 
     from g2rec.ranking import pad_left
-    from serving.run_dir import INT8, MANIFEST, RunConfig, open_run, validation_histories
+    from serving.run_dir import (
+        INT8,
+        MANIFEST,
+        RunConfig,
+        open_run,
+        validation_histories,
+    )
     from training.pipeline import load_run
 
     rec = open_run(RunConfig(run_dir, threads=threads))
@@ -288,7 +294,8 @@ def scoring_figures(run_dir: Path, threads: int, reps: int) -> dict:
         extra = {f"batch_1000_ms_validation_histories{'' if n == 'served' else '_float'}": float(np.median(t))
                  for n, t in times.items()}
         extra["validation_history_mean_length"] = float(np.mean([len(h) for h in valid]))
-    return {**extra,
+    return {
+        **extra,
         "served_graph": Path(rec.scorer.cfg.topk_path).name,
         "int8": manifest,
         "batch_1000_ms": float(np.median(batch["served"])),
@@ -381,9 +388,9 @@ def command(threads, reps, seconds, clients, batch_users, workers, out, scoring_
                 result["scoring_threads"] = threads
             if freshness_only:
                 result.update(measure_freshness(run, tmp / "fresh", fresh))
-            result.pop("freshness", None)
-            result["rerun"] = (f"{' and '.join(n for n, on in (('scoring', scoring_only), ('freshness', freshness_only)) if on)}"
-                               " figures only; the other keys are an earlier run's")
+            result.pop("freshness", None)  # an older run's "not measured"
+            rerun = [n for n, on in (("scoring", scoring_only), ("freshness", freshness_only)) if on]
+            result["rerun"] = f"{' and '.join(rerun)} figures only; the other keys are an earlier run's"
             out.write_text(json.dumps(result, indent=2) + "\n")
             click.echo(json.dumps(result, indent=2))
             return

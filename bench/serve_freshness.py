@@ -247,7 +247,7 @@ def freshness_figures(created: dict[int, list[float]], rows: np.ndarray, cfg: Fr
     periods = [np.diff(np.sort(rows[rows[:, 1] == u, 0])).mean() for u in created if (rows[:, 1] == u).sum() > 1]
     return {
         "freshness_p50_s": float(np.percentile(lags, 50)), "freshness_p99_s": float(np.percentile(lags, 99)),
-        "freshness_max_s": float(lags.max()), "freshness_events": int(len(lags)), "freshness_not_seen": missing,
+        "freshness_max_s": float(lags.max()), "freshness_events": len(lags), "freshness_not_seen": missing,
         "freshness_users": len(created), "freshness_rate_per_s": cfg.rate,
         "freshness_produced_per_s": float(produced_per_s),
         "freshness_poll_period_s": float(np.mean(periods)),

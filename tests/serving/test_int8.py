@@ -14,7 +14,16 @@ from g2rec.errors import DataError
 from g2rec.model import ModelConfig
 from g2rec.synth import SynthConfig, synth_interactions
 from g2rec.train import TrainConfig
-from serving.run_dir import INT8, MANIFEST, TOPK, RunConfig, open_run, prepare_run, read_version, served_graph
+from serving.run_dir import (
+    INT8,
+    MANIFEST,
+    TOPK,
+    RunConfig,
+    open_run,
+    prepare_run,
+    read_version,
+    served_graph,
+)
 from training.export import topk_agreement
 from training.pipeline import DataSource, PipelineConfig, run
 
