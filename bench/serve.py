@@ -1,15 +1,19 @@
 """`g2rec bench serve`: scoring, HTTP and hot-swap figures of the serving stack -> bench/results/serve.json.
 
-1. batch_1000_ms: 1,000 users (histories of 3-50 items) scored by a randomly initialised G2Rec model
-   of Beauty's size (12,101 items, 128-d, 2 layers, K=256, rho=4, B=4; timing does not depend on
-   training) through the serving path (top-k graph, length-sorted chunks), interleaved with the
-   previous top-k graph (log-space, second pass over the whole history) in the same process; beside
-   the dense reference graph + numpy, and eager PyTorch;
+1. batch_1000_ms: 1,000 users (histories of 3-50 items) scored by a G2Rec model of Beauty's size
+   (12,101 items, 128-d, 2 layers, K=256, rho=4, B=4): a trained run (`--run`; its int8 graph is
+   served when it passed its parity check on the run's validation histories) or a randomly
+   initialised one (no validation histories: the float graph), through the serving path (top-k
+   graph, length-sorted chunks), interleaved in the same process with the float top-k graph (when
+   int8 is served) and the previous top-k graph (log-space, second pass over the whole history);
+   beside the dense reference graph + numpy, and eager PyTorch;
 2. http_*: a real `g2rec serve` on loopback, 16 concurrent keep-alive clients for a bounded time;
    single-user /recommend latency and requests/s, then /recommend/batch users/s;
 3. swap_*: 3 swaps of the served run (`--watch DIR`, the `current` symlink flipped) under that
    load: failed responses, and mixed ones (a response whose items are not its named version's);
-4. batch_*: `g2rec score --all` over a synthetic event log (users/s, peak RSS of the processes).
+4. batch_*: `g2rec score --all` over a synthetic event log (users/s, peak RSS of the processes);
+5. freshness_*: an event produced on Kafka -> POST /recommend {"user_id"} reflects it, through
+   `g2rec stream --sink feast` and `g2rec serve --features` (bench/serve_freshness.py).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from pathlib import Path
 
 import click
 import numpy as np
+
+from bench.serve_freshness import FreshnessConfig, measure_freshness
 
 REPO = Path(__file__).resolve().parent.parent
 HARDWARE = "2 shared CPU cores (loaded machine, other agents' jobs running), no GPU"
@@ -249,7 +255,13 @@ def scoring_figures(run_dir: Path, threads: int, reps: int) -> dict:
     import torch
 
     from g2rec.ranking import pad_left
-    from serving.run_dir import RunConfig, open_run
+    from serving.run_dir import (
+        INT8,
+        MANIFEST,
+        RunConfig,
+        open_run,
+        validation_histories,
+    )
     from training.pipeline import load_run
 
     rec = open_run(RunConfig(run_dir, threads=threads))
@@ -258,9 +270,11 @@ def scoring_figures(run_dir: Path, threads: int, reps: int) -> dict:
     one = users[:1]
     other = 2 if threads == 1 else 1
     rec_other = open_run(RunConfig(run_dir, threads=other))
-    batch = _side_by_side_ms({"served": lambda: rec.recommend(users, 10),
-                              "previous": lambda: previous.recommend(users, 10),
-                              f"served_{other}_threads": lambda: rec_other.recommend(users, 10)}, reps)
+    graphs = {"served": rec, "previous": previous, f"served_{other}_threads": rec_other}
+    int8 = rec.scorer.cfg.topk_path.endswith(INT8)
+    if int8:  # the float top-k graph of the same run, side by side
+        graphs["float"] = open_run(RunConfig(run_dir, threads=threads, precision="float"))
+    batch = _side_by_side_ms({n: (lambda r=r: r.recommend(users, 10)) for n, r in graphs.items()}, reps)
     single_users = histories(300, rec.n_items, seed=1)
     singles = {n: [] for n in ("served", "previous")}
     for h in single_users:  # one user at a time, the two graphs alternating
@@ -271,8 +285,21 @@ def scoring_figures(run_dir: Path, threads: int, reps: int) -> dict:
     _, model = load_run(run_dir)
     torch.set_num_threads(threads)
     padded = torch.from_numpy(pad_left([np.asarray(h) for h in users], 50))
+    manifest = json.loads((Path(run_dir) / MANIFEST).read_text())["int8"]
+    extra = {}
+    if manifest.get("users"):  # the run's dataset loads: 1,000 of its validation histories too (shorter)
+        valid = [rec.item_ids[h].tolist() for h in validation_histories(Path(run_dir), rec.n_items)[:1000]]
+        times = _side_by_side_ms({n: (lambda r=graphs[n]: r.recommend(valid, 10)) for n in ("served", "float")
+                                  if n in graphs}, reps)
+        extra = {f"batch_1000_ms_validation_histories{'' if n == 'served' else '_float'}": float(np.median(t))
+                 for n, t in times.items()}
+        extra["validation_history_mean_length"] = float(np.mean([len(h) for h in valid]))
     return {
+        **extra,
+        "served_graph": Path(rec.scorer.cfg.topk_path).name,
+        "int8": manifest,
         "batch_1000_ms": float(np.median(batch["served"])),
+        **({"batch_1000_ms_float": float(np.median(batch["float"]))} if int8 else {}),
         "batch_1000_ms_previous_graph": float(np.median(batch["previous"])),
         f"batch_1000_ms_{other}_threads": float(np.median(batch[f"served_{other}_threads"])),
         "batch_1000_ms_rounds": batch,
@@ -335,26 +362,44 @@ def batch_job(run_dir: Path, scratch: Path, n_users: int, workers: int) -> dict:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=REPO / "bench/results/serve.json")
 @click.option("--scoring-only", is_flag=True,
               help="rerun only the in-process scoring figures (1.) and keep the other keys of --out")
-def command(threads, reps, seconds, clients, batch_users, workers, out, scoring_only):
-    """Scoring, HTTP, hot-swap and batch-scoring figures of the serving stack -> bench/results/serve.json."""
+@click.option("--freshness-only", is_flag=True, help="rerun only the freshness figures (5.) and keep the other keys")
+@click.option("--fresh-users", type=int, default=FreshnessConfig.users, show_default=True, help="watched users")
+@click.option("--fresh-rate", type=float, default=FreshnessConfig.rate, show_default=True,
+              help="events/s produced during the freshness phase (watched + background users)")
+@click.option("--fresh-seconds", type=float, default=FreshnessConfig.seconds, show_default=True)
+@click.option("--run", "trained", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="a trained Beauty run to benchmark instead of the random-init model (its int8 graph is checked "
+                   "on its validation histories at export and served when it passes)")
+def command(threads, reps, seconds, clients, batch_users, workers, out, scoring_only, freshness_only, fresh_users,
+            fresh_rate, fresh_seconds, trained):
+    """Scoring, HTTP, hot-swap, batch-scoring and freshness figures of the serving stack -> bench/results/serve.json."""
     import tempfile
 
     from serving.run_dir import RunConfig, open_run, read_version
 
+    fresh = FreshnessConfig(users=fresh_users, rate=fresh_rate, seconds=fresh_seconds)
     with tempfile.TemporaryDirectory(prefix="g2rec-bench-serve-") as tmp:
         tmp = Path(tmp)
-        if scoring_only:
+        if scoring_only or freshness_only:
             result = json.loads(out.read_text())
-            result.update(scoring_figures(beauty_sized_run(tmp / "run-a", 0), threads, reps))
-            result["scoring_threads"] = threads
-            result["rerun"] = "scoring figures only (batch_1000_*, single_user_*); the other keys are an earlier run's"
+            run = trained or beauty_sized_run(tmp / "run-a", 0)
+            if scoring_only:
+                result.update(scoring_figures(run, threads, reps))
+                result["scoring_threads"] = threads
+            if freshness_only:
+                result.update(measure_freshness(run, tmp / "fresh", fresh))
+            result.pop("freshness", None)  # an older run's "not measured"
+            rerun = [n for n, on in (("scoring", scoring_only), ("freshness", freshness_only)) if on]
+            result["rerun"] = f"{' and '.join(rerun)} figures only; the other keys are an earlier run's"
             out.write_text(json.dumps(result, indent=2) + "\n")
             click.echo(json.dumps(result, indent=2))
             return
-        runs = [beauty_sized_run(tmp / "run-a", 0), beauty_sized_run(tmp / "run-b", 1)]
+        runs = [trained or beauty_sized_run(tmp / "run-a", 0), beauty_sized_run(tmp / "run-b", 1)]
         result = {"hardware": HARDWARE, "machine": platform.machine(), "cpus": os.cpu_count(),
-                  "model": "G2Rec, random init, Beauty-sized: 12,101 items, d 128, 2 layers, K 256, rho 4, B 4, "
-                           "max_len 50; histories of 3-50 items (uniform)", "threads": threads}
+                  "loadavg_1m_at_start": os.getloadavg()[0],
+                  "model": f"G2Rec, {f'trained run {trained}' if trained else 'random init'}, Beauty-sized: 12,101 "
+                           "items, d 128, 2 layers, K 256, rho 4, B 4, max_len 50; histories of 3-50 items (uniform); "
+                           "the swaps alternate it with a random-init model (seed 1)", "threads": threads}
         result.update(batch_job(runs[0], tmp, batch_users, workers))
         click.echo(json.dumps(result), err=True)
         result.update(scoring_figures(runs[0], threads, reps))
@@ -381,8 +426,9 @@ def command(threads, reps, seconds, clients, batch_users, workers, out, scoring_
             "http_batch_failed": batch.failed,
             "swap_count": len(took), "swap_seconds_to_serve": took, "swap_requests": len(swapped.latencies_s),
             "swap_failed_responses": swapped.failed, "swap_mixed_responses": swapped.mixed,
-            "freshness": "not measured: needs the broker + `g2rec stream --sink feast` + the server in one run",
         })
+        click.echo(json.dumps(result), err=True)
+        result.update(measure_freshness(runs[0], tmp / "fresh", fresh))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     click.echo(json.dumps(result, indent=2))

@@ -12,9 +12,12 @@ import click
 
 from g2rec.errors import DataError, UnavailableError
 from serving.batch import FORMATS, BatchConfig, score_lines
-from serving.run_dir import RunConfig, open_run, prepare_run
+from serving.run_dir import PRECISIONS, RunConfig, open_run, prepare_run
 
 PROVIDER = click.Choice(["cpu", "cuda", "auto"])
+PRECISION = click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+                         help="top-k graph: int8 (kept at export only when it passes its parity check on "
+                              "validation histories), float, or auto: int8 on the CPU when the run has one")
 TOKEN_ENV = "G2REC_SERVE_TOKEN"
 
 
@@ -42,8 +45,9 @@ TOKEN_ENV = "G2REC_SERVE_TOKEN"
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True)
 @click.option("--provider", type=PROVIDER, default="cpu", show_default=True)
+@PRECISION
 def score(run_dir, registry_url, cache_dir, input_path, event_log, events_format, since, until, workers, out, fmt, errors_path, top_k,
-          batch_size, threads, provider):
+          batch_size, threads, provider, precision):
     """Batch scoring: users from a JSON-lines file (or every user of an event log, --all) to ranked
     rows (user, rank, item, score, ..., model_version), by the serving rule. Bad lines go to the
     errors file and the run carries on; the exit status is then 2. Scores RUN_DIR, or the
@@ -61,12 +65,12 @@ def score(run_dir, registry_url, cache_dir, input_path, event_log, events_format
                 "users": tqdm(unit=" users", desc="score", disable=None)}
         prepare_run(run_dir)  # export once here, not in every worker
         with bars["events"], bars["users"]:
-            summary = score_event_log(RunConfig(run_dir, threads, provider), log_cfg, out,
+            summary = score_event_log(RunConfig(run_dir, threads, provider, precision), log_cfg, out,
                                       BatchConfig(top_k, batch_size, "parquet"), lambda phase, n: bars[phase].update(n))
         click.echo(f"{summary.users} users -> {summary.rows} rows in {out}/part-*.parquet ({summary.fallbacks} by "
                    f"popularity, {summary.unknown_items} unknown items ignored)", err=True)
         return
-    rec = open_run(RunConfig(run_dir, threads, provider))
+    rec = open_run(RunConfig(run_dir, threads, provider, precision))
     errors_path = errors_path or out.with_name(out.name + ".errors.jsonl")
     source = click.open_file(input_path, "r")
     size = Path(input_path).stat().st_size if input_path != "-" else None
@@ -101,14 +105,15 @@ def score(run_dir, registry_url, cache_dir, input_path, event_log, events_format
 @click.option("--threads", type=int, default=1, show_default=True)
 @click.option("--provider", type=PROVIDER, default="cpu", show_default=True,
               help="onnxruntime provider; auto: CUDA when its libraries load, else CPU")
+@PRECISION
 @click.option("--features/--no-features", default=False, show_default=True,
               help="answer user_id requests from the feature store named by the G2REC_* environment")
 @click.option("--max-batch", type=click.IntRange(min=1), default=100, show_default=True, help="users per batch request")
 @click.option("--max-body-bytes", type=click.IntRange(min=1024), default=1 << 20, show_default=True)
 @click.option("--body-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
               help="seconds a request body may take to arrive")
-def serve(run_dir, watch_dir, registry_url, cache_dir, poll_seconds, host, port, threads, provider, features, max_batch, max_body_bytes,
-          body_timeout):
+def serve(run_dir, watch_dir, registry_url, cache_dir, poll_seconds, host, port, threads, provider, precision, features,
+          max_batch, max_body_bytes, body_timeout):
     """HTTP recommendations: POST /recommend {"history": [item ids]} or {"user_id": 7}, "k": 10;
     POST /recommend/batch; OpenAPI at /docs. Serves RUN_DIR, the run WATCH/current names, or the
     champion of --registry; each is polled and a new model swapped in without dropping a request. Set G2REC_SERVE_TOKEN to
@@ -123,10 +128,10 @@ def serve(run_dir, watch_dir, registry_url, cache_dir, poll_seconds, host, port,
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     source = _one_source(run_dir, registry_url, cache_dir, watch_dir)
     served = source.current()
-    rec = open_version(served, threads, provider)
+    rec = open_version(served, threads, provider, precision)
     warm(rec)
     handle = ModelHandle(rec)
-    watcher = Watcher(source, handle, served, WatchConfig(poll_seconds, threads, provider))
+    watcher = Watcher(source, handle, served, WatchConfig(poll_seconds, threads, provider, precision))
     histories = None
     if features:
         from features.config import StoreConfig
@@ -142,8 +147,9 @@ def serve(run_dir, watch_dir, registry_url, cache_dir, poll_seconds, host, port,
         raise UnavailableError(f"{host}:{port}: cannot listen ({e.strerror})", fix="pick another port") from e
     bound = sock.getsockname()[1]
     logging.getLogger("g2rec.serving").info(
-        "listening on http://%s:%d (model %s from %s, %d items, providers %s, auth %s, polling every %gs)", host,
-        bound, rec.version, served.run_dir, rec.n_items, ",".join(rec.scorer.providers),
+        "listening on http://%s:%d (model %s from %s, %d items, graph %s, providers %s, auth %s, polling every %gs)",
+        host, bound, rec.version, served.run_dir, rec.n_items, Path(rec.scorer.cfg.topk_path).name,
+        ",".join(rec.scorer.providers),
         "bearer token" if config.token else "off", poll_seconds)
     server = uvicorn.Server(uvicorn.Config(app, log_level="info", access_log=True, timeout_keep_alive=5))
     watcher.start()

@@ -54,6 +54,7 @@ class WatchConfig:
     poll_s: float = 2.0  # <= 0: never poll
     threads: int = 1
     provider: str = "cpu"
+    precision: str = "auto"  # serving.run_dir.PRECISIONS
 
 
 class Watcher:
@@ -79,7 +80,7 @@ class Watcher:
         if (v.onnx_sha256, v.item_ids_path, v.profile_version) == \
                 (self.served.onnx_sha256, self.served.item_ids_path, self.served.profile_version):
             return False
-        rec = open_version(v, self.cfg.threads, self.cfg.provider)
+        rec = open_version(v, self.cfg.threads, self.cfg.provider, self.cfg.precision)
         warm(rec)
         self.handle.swap(rec)
         log.info("swapped to model %s (profiles %s) from %s", v.version, v.profile_version, v.run_dir)

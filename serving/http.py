@@ -110,13 +110,14 @@ def make_app(model: ModelHandle | Recommender, user_history: HistorySource | Non
         return out
 
     def answer(recommender: Recommender, queries, k: int) -> list[Recommendation]:
-        ranked = recommender.recommend(histories_of(queries), k, [q.exclude for q in queries])
+        histories = histories_of(queries)
+        ranked = recommender.recommend(histories, k, [q.exclude for q in queries])
         metrics.fallbacks.inc(sum(r.fallback for r in ranked))
         metrics.unknown_items.inc(sum(r.unknown_items for r in ranked))
-        return [Recommendation(user_id=q.user_id, items=r.items, scores=r.scores, used_items=r.used_items,
-                               unknown_items=r.unknown_items, fallback=r.fallback, model_version=recommender.version,
-                               profile_version=recommender.profile_version)
-                for q, r in zip(queries, ranked)]
+        return [Recommendation(user_id=q.user_id, items=r.items, scores=r.scores, history_items=len(h),
+                               used_items=r.used_items, unknown_items=r.unknown_items, fallback=r.fallback,
+                               model_version=recommender.version, profile_version=recommender.profile_version)
+                for q, h, r in zip(queries, histories, ranked)]
 
     @app.get("/health")
     def health() -> dict:

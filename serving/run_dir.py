@@ -7,6 +7,10 @@ Serving reads, without importing training:
   model.topk.onnx    the served graph: the same scores by G2RecModel.score_probs (cached interest
                      tails, mixture in probability space), exclusion and top-k inside (the fast path);
                      the manifest's `topk_graph` names how it was built (TOPK_GRAPH)
+  model.topk.int8.onnx  the same graph with int8 weights (training.export.quantize_int8), kept only
+                     when its top-10 sets equal the float graph's for >= INT8_MIN_SAME_SET of
+                     validation histories of the run's dataset; the manifest's `int8` records the
+                     figures, or why there is none. Served on the CPU by default (`precision`)
   model_config.json  the model's config
   item_ids.npy       (N+1,) original item ids of the dense ids (int, or str as object dtype)
   item_counts.npy    (N+1,) training interaction counts per dense id: the popularity fallback
@@ -26,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from g2rec.errors import DataError, NotFoundError
+from g2rec.errors import ConfigError, DataError, NotFoundError
 from serving.recommender import Recommender, load_item_counts
 from serving.scorer import OnnxScorer, ScorerConfig
 
@@ -34,7 +38,11 @@ MANIFEST = "serving.json"
 DENSE, TOPK = "model.onnx", "model.topk.onnx"
 # How model.topk.onnx is built; a manifest naming another kind (or none: the log-space graph of
 # before) is re-exported, so served runs pick up a cheaper graph without retraining.
-TOPK_GRAPH = "probs-cached-tails-v1"
+TOPK_GRAPH = "probs-cached-tails-v1+int8"
+INT8 = "model.topk.int8.onnx"
+INT8_MIN_SAME_SET = 0.95  # share of validation histories whose top-10 set the int8 graph must keep
+INT8_PARITY_USERS = 2000  # validation histories sampled for that check
+PRECISIONS = ("auto", "float", "int8")  # auto: int8 on the CPU when the run has one, else float
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,7 @@ class RunConfig:
     run_dir: Path
     threads: int = 1
     provider: str = "cpu"
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,8 @@ class ModelVersion:
     item_counts_path: Path
     max_len: int
     profile_version: str | None
+    int8_path: Path | None = None  # the int8 top-k graph, when it passed its parity check
+    int8_note: str = ""  # its parity figures, or why there is none
 
     @property
     def version(self) -> str:
@@ -118,6 +129,7 @@ def prepare_run(run_dir: Path) -> None:
         export_onnx(model, tmp_probs, probs=True)
         export_topk(tmp_probs, tmp_topk)
         tmp_probs.unlink()
+        int8 = _quantized(run_dir, model, tmp_topk)
         os.replace(tmp_dense, run_dir / DENSE)
         os.replace(tmp_topk, run_dir / TOPK)
         _write_atomic(run_dir / "model_config.json", json.dumps(model.cfg.to_dict()).encode())
@@ -126,7 +138,7 @@ def prepare_run(run_dir: Path) -> None:
         _write_atomic(run_dir / MANIFEST, json.dumps({
             "model_sha256": model_sha, "onnx": DENSE, "onnx_sha256": sha256(run_dir / DENSE),
             "topk_onnx": TOPK, "topk_onnx_sha256": sha256(run_dir / TOPK), "topk_graph": TOPK_GRAPH,
-            "max_len": model.cfg.max_len,
+            "max_len": model.cfg.max_len, "int8": int8,
             "profile_version": profile_version}, indent=2).encode())
     if not (run_dir / "item_counts.npy").is_file():
         from g2rec.metrics import loo_split
@@ -143,6 +155,43 @@ def prepare_run(run_dir: Path) -> None:
         np.save(run_dir / "item_counts.npy", counts.astype(np.int64))
 
 
+def validation_histories(run_dir: Path, n_items: int) -> list[np.ndarray]:
+    """Up to INT8_PARITY_USERS validation histories (dense ids: each user's training items) of the
+    run's dataset, sampled with a fixed seed."""
+    from g2rec.metrics import loo_split
+    from training.pipeline import load_run
+
+    data = load_run(run_dir)[0].data.load()
+    if data.n_items != n_items:
+        raise DataError(f"the run's dataset has {data.n_items} items, the model {n_items}")
+    split = loo_split(data)
+    ptr = split.train.user_ptr
+    users = np.random.default_rng(0).permutation(split.users)[:INT8_PARITY_USERS]
+    return [split.train.items[ptr[u]:ptr[u + 1]].astype(np.int64) for u in users]
+
+
+def _quantized(run_dir: Path, model, topk: Path) -> dict:
+    """Writes run_dir/INT8 from the top-k graph at `topk` when it keeps the float graph's top-10
+    sets for >= INT8_MIN_SAME_SET of validation histories -> the manifest's `int8` entry."""
+    from g2rec.errors import G2RecError
+    from training.export import quantize_int8, topk_agreement
+
+    try:
+        histories = validation_histories(run_dir, model.cfg.n_items)
+    except (OSError, ValueError, G2RecError) as e:  # no dataset here (a registry copy, a synthetic run)
+        return {"onnx": None, "reason": f"no validation histories to check it on ({e})"}
+    tmp = run_dir / f".{INT8}.{os.getpid()}.tmp"
+    quantize_int8(topk, tmp, model.cfg.n_items)
+    agreement = topk_agreement(topk, tmp, histories, model.cfg.max_len)
+    figures = {"users": agreement.users, "same_top10_set": agreement.same_set, "mean_overlap10": agreement.overlap,
+               "min_same_top10_set": INT8_MIN_SAME_SET}
+    if agreement.same_set < INT8_MIN_SAME_SET:
+        tmp.unlink()
+        return {"onnx": None, "reason": "top-10 sets kept for too few validation histories", **figures}
+    os.replace(tmp, run_dir / INT8)
+    return {"onnx": INT8, "sha256": sha256(run_dir / INT8), **figures}
+
+
 def read_version(run_dir: Path) -> ModelVersion:
     """A prepared run directory -> its ModelVersion, each graph checked against the manifest."""
     run_dir = Path(run_dir)
@@ -151,24 +200,40 @@ def read_version(run_dir: Path) -> ModelVersion:
         raise NotFoundError(f"{run_dir}: no {MANIFEST}", fix="serve it once with `g2rec serve` to export it")
     if not (run_dir / "item_ids.npy").is_file():
         raise NotFoundError(f"{run_dir}: no item_ids.npy", fix="re-run `g2rec train` to write it")
-    for name, key in ((manifest["onnx"], "onnx_sha256"), (manifest["topk_onnx"], "topk_onnx_sha256")):
-        if not (run_dir / name).is_file() or sha256(run_dir / name) != manifest[key]:
+    int8 = manifest.get("int8") or {}
+    graphs = [(manifest["onnx"], manifest["onnx_sha256"]), (manifest["topk_onnx"], manifest["topk_onnx_sha256"])]
+    for name, digest in graphs + ([(int8["onnx"], int8["sha256"])] if int8.get("onnx") else []):
+        if not (run_dir / name).is_file() or sha256(run_dir / name) != digest:
             raise DataError(f"{run_dir / name}: missing or not the graph {MANIFEST} names (sha256 mismatch)",
                             fix=f"delete {run_dir / MANIFEST} to have the run re-exported")
+    note = int8.get("reason") or (f"top-10 set kept for {int8['same_top10_set']:.1%} of {int8['users']} validation "
+                                  f"histories" if int8 else "not exported")
     return ModelVersion(run_dir, run_dir / manifest["onnx"], run_dir / manifest["topk_onnx"], manifest["onnx_sha256"],
                         manifest["topk_onnx_sha256"], manifest["model_sha256"], run_dir / "item_ids.npy",
-                        run_dir / "item_counts.npy", int(manifest["max_len"]), manifest["profile_version"])
+                        run_dir / "item_counts.npy", int(manifest["max_len"]), manifest["profile_version"],
+                        run_dir / int8["onnx"] if int8.get("onnx") else None, note)
 
 
-def open_version(v: ModelVersion, threads: int = 1, provider: str = "cpu") -> Recommender:
+def served_graph(v: ModelVersion, precision: str = "auto", provider: str = "cpu") -> Path:
+    """The top-k graph to serve: int8 when asked for (an error when the run has none), or on "auto"
+    when the run has one and the provider is the CPU; else the float graph."""
+    if precision not in PRECISIONS:
+        raise ConfigError("serving.precision", f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+    if precision == "int8" and v.int8_path is None:
+        raise DataError(f"{v.run_dir}: no int8 graph ({v.int8_note})", fix="serve it with --precision float or auto")
+    use_int8 = precision == "int8" or (precision == "auto" and provider == "cpu" and v.int8_path is not None)
+    return v.int8_path if use_int8 else v.topk_path
+
+
+def open_version(v: ModelVersion, threads: int = 1, provider: str = "cpu", precision: str = "auto") -> Recommender:
     """A ModelVersion -> the Recommender serving it (sessions loaded, not yet warmed)."""
     item_ids = np.load(v.item_ids_path, allow_pickle=True)
-    scorer = OnnxScorer(ScorerConfig(str(v.onnx_path), str(v.topk_path), max_len=v.max_len, threads=threads,
-                                     provider=provider), version=v.version)
+    scorer = OnnxScorer(ScorerConfig(str(v.onnx_path), str(served_graph(v, precision, provider)), max_len=v.max_len,
+                                     threads=threads, provider=provider), version=v.version)
     return Recommender(scorer, item_ids, load_item_counts(v.item_counts_path, len(item_ids) - 1), v.profile_version)
 
 
 def open_run(cfg: RunConfig) -> Recommender:
     """A run directory (prepared here if needed) -> the Recommender serving it."""
     prepare_run(Path(cfg.run_dir))
-    return open_version(read_version(Path(cfg.run_dir)), cfg.threads, cfg.provider)
+    return open_version(read_version(Path(cfg.run_dir)), cfg.threads, cfg.provider, cfg.precision)

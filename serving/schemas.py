@@ -61,6 +61,8 @@ class Recommendation(BaseModel):
     user_id: int | None = None
     items: list[int | str] = Field(description="original item ids, best first; at most k")
     scores: list[float] = Field(description="log-probabilities (fallback: log popularity shares)")
+    history_items: int = Field(description="items in the history answered from, known or not: the request's, or "
+                                           "the user's recent history in the feature store")
     used_items: int = Field(description="history items the model scored (the most recent max_len known ones)")
     unknown_items: int = Field(description="history items not in the catalogue, ignored")
     fallback: bool = Field(description="no known history item: ranked by training popularity")

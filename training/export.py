@@ -9,6 +9,8 @@ Two graphs, both served by serving/scorer.py:
                    interest tails and the mixture in probability space) with ScatterElements +
                    TopK + Log appended; `export_topk(..., probs=False)` appends them to model.onnx
                    instead (the previous fast path, kept for the benchmark's side-by-side run).
+`quantize_int8` writes an int8 copy of the top-k graph; `topk_agreement` measures how far its
+top-k lists stay from the float graph's (serving/run_dir.py serves it only within a bound).
 """
 
 from __future__ import annotations
@@ -140,3 +142,66 @@ def check_parity(model: G2RecModel, onnx_path: Path, histories: Sequence[np.ndar
         worst = max(worst, float(np.abs(eager[:, 1:] - onnx[:, 1:]).max()))
         same += sum(np.array_equal(a, b) for a, b in zip(top_k(eager, k)[0], top_k(onnx, k)[0]))
     return Parity(worst, same / len(histories), len(histories))
+
+
+def quantize_int8(graph: Path, path: Path, n_items: int) -> Path:
+    """The top-k graph at `graph` with int8 weights, saved at `path`: onnxruntime's dynamic
+    quantization (int8 weights per output channel, activations quantized per call to uint8) of
+    every MatMul with a constant weight except the item MatMul (a weight with a dimension of
+    n_items: quantizing it too reordered the top-10 of 7% of validation users on a trained Beauty
+    model, against 2.6% without it; bench/README.md). Constants are folded first, so the item table
+    and the per-item interest table computed from the embeddings count as constant weights."""
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    path = Path(path)
+    folded = path.with_name(f".{path.name}.folded.tmp")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # folding, no fused ops
+    opts.optimized_model_filepath = str(folded)
+    ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
+    try:
+        g = onnx.load(str(folded)).graph
+        dims = {t.name: tuple(t.dims) for t in g.initializer}
+        items = [n.name for n in g.node if n.op_type == "MatMul" and any(n_items in dims.get(x, ()) for x in n.input)]
+        quantize_dynamic(str(folded), str(path), per_channel=True, weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul"], nodes_to_exclude=items)
+    finally:
+        folded.unlink(missing_ok=True)
+    return path
+
+
+@dataclass(frozen=True)
+class TopkAgreement:
+    """Two top-k graphs on the same histories (exclusions: each history).
+
+    same_set: share of histories whose top-k item sets are identical; overlap: mean |A & B| / k;
+    users: how many were scored."""
+
+    same_set: float
+    overlap: float
+    users: int
+
+
+def topk_agreement(reference: Path, other: Path, histories: Sequence[np.ndarray], max_len: int, k: int = 10,
+                   batch_size: int = 256) -> TopkAgreement:
+    """Score `histories` (dense ids, oldest first; the last max_len items scored, all excluded)
+    with two top-k graphs in onnxruntime (CPU) and compare their top-k sets."""
+    import onnxruntime as ort
+
+    if not len(histories):
+        raise ValueError("histories is empty: agreement needs at least one history")
+    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (reference, other)]
+    order = np.argsort([len(h) for h in histories], kind="stable")  # similar lengths per batch: less padding
+    same, overlap = 0, 0.0
+    for lo in range(0, len(order), batch_size):
+        chunk = [histories[b] for b in order[lo:lo + batch_size]]
+        feed = {"history": pad_left(chunk, min(max_len, max(len(h) for h in chunk))), "exclude": pad_left(chunk),
+                "k": np.array([k], dtype=np.int64)}
+        a, b = (s.run(["items"], feed)[0] for s in sessions)
+        for x, y in zip(a, b):
+            common = len(set(x.tolist()) & set(y.tolist()))
+            same += common == len(x)
+            overlap += common / len(x)
+    return TopkAgreement(same / len(histories), overlap / len(histories), len(histories))

@@ -32,12 +32,13 @@ def test_recommend_by_history_names_the_model_and_counts_items(client, recommend
     body = r.json()
     assert body["model_version"] == recommender.version and len(body["items"]) == 4
     assert not {10, 20} & set(body["items"]) and body["scores"] == sorted(body["scores"], reverse=True)
-    assert (body["used_items"], body["unknown_items"], body["fallback"]) == (2, 1, False)
+    assert (body["history_items"], body["used_items"], body["unknown_items"], body["fallback"]) == (3, 2, 1, False)
 
 
 def test_recommend_by_user_id_reads_the_history_source(client):
     body = post(client, {"user_id": 5, "k": 4}).json()
     assert body["user_id"] == 5 and not {30, 40} & set(body["items"]) and not body["fallback"]
+    assert body["history_items"] == 2
 
 
 @pytest.mark.parametrize("user", [6, 7, 8])
@@ -51,7 +52,7 @@ def test_k_beyond_what_is_left_returns_fewer_items_all_scored(client):
     seen = [10 * i for i in range(1, N - 1)]
     body = post(client, {"history": seen, "k": 1000}).json()
     assert sorted(body["items"]) == [10 * (N - 1), 10 * N] and all(isinstance(s, float) for s in body["scores"])
-    assert body["used_items"] == MAX_LEN
+    assert body["used_items"] == MAX_LEN and body["history_items"] == N - 2
 
 
 def test_batch_answers_each_user_in_order(client, recommender):
