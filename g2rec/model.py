@@ -330,8 +330,8 @@ class G2RecModel(nn.Module):
         h (P, C), y (P,), logp_k (P, K), logits (P, M), target (P,), vectors (M, C)."""
         top_v, top_k = logp_k.topk(min(self.cfg.top_b, self.cfg.n_clusters), dim=-1)  # (P, Bk)
         prior = F.log_softmax(top_v, dim=-1)
-        tilt = self.tilt_emb.weight @ vectors.t()  # (K, M)
-        tilted = logits.unsqueeze(1) + tilt[top_k]  # (P, Bk, M)
+        # t_k . e for all K at once: a (K, M) table instead of a (P, Bk, C) x (C, M) product
+        tilted = logits.unsqueeze(1) + (self.tilt_emb.weight @ vectors.t())[top_k]  # (P, Bk, M)
         if self.cfg.n_negatives > 0:  # column 0 holds each row's own target
             t_y = (self.tilt_emb(top_k) * self.item_vectors(y).unsqueeze(1)).sum(-1)  # (P, Bk)
             tilted = torch.cat([(logits[:, :1] + t_y).unsqueeze(-1), tilted[..., 1:]], -1)
@@ -462,28 +462,33 @@ class G2RecModel(nn.Module):
     def score_probs(self, history: torch.Tensor) -> torch.Tensor:
         """history (B, T) -> (B, N+1) exp(score(history)), column 0 (padding) = 0: the graph serving
         exports. One pass over the history keeps each layer's keys and values and runs the last
-        layer for the last token only; the top-B interest tails then attend to those cached keys
-        (no second pass over the history); the mixture is summed in probability space (one softmax
-        over the 1+B query rows, no logsumexp over (B, Bk, N+1)). An item whose probability is
+        layer for the last token only; interleaved, the top-B interest tails then attend to those
+        cached keys (no second pass over the history); fused, a tail is one row of item logits plus
+        a row of the (K, N) tilt table. The mixture is summed in probability space (one softmax
+        over the 1+B rows, no logsumexp over (B, Bk, N+1)). An item whose probability is
         below float32's smallest (about 1e-45) is 0 here, where `score` keeps a finite log."""
+        items = self.all_item_vectors()[1:]  # (N, C)
         if self.cfg.mode == "items":
             h, _ = self._encode_cached(self._item_tokens(history))
-            return self._mixed_probs(h.unsqueeze(1), torch.ones_like(h[:, :1]))
-        w = self.cfg.direct_weight
-        if self.fused:  # the tails are the last hidden state plus each interest's tilt
+            return self._mixture((h @ items.t()).unsqueeze(1), torch.ones_like(h[:, :1]))
+        if self.fused:
             h, _ = self._encode_cached(self._item_tokens(history))  # (B, C)
             top_v, top_k = self._top_interests(h)  # (B, Bk)
-            h2, prior = h.unsqueeze(1) + self.tilt_emb(top_k), F.softmax(top_v, dim=-1)
+            # One item MatMul row per user; t_k . e is a (K, N) table (a constant of the exported graph).
+            base = h @ items.t()  # (B, N)
+            tails = base.unsqueeze(1) + (self.tilt_emb.weight @ items.t())[top_k]  # (B, Bk, N)
         else:
-            h, h2, prior = self._interleaved_tails(history)
+            h, h2, top_v = self._interleaved_tails(history)
+            base, tails = h @ items.t(), h2 @ items.t()
+        prior, w = F.softmax(top_v, dim=-1), self.cfg.direct_weight
         if w <= 0:
-            return self._mixed_probs(h2, prior)
-        return self._mixed_probs(torch.cat([h.unsqueeze(1), h2], 1), torch.cat([torch.full_like(prior[:, :1], w),
-                                                                                (1 - w) * prior], 1))
+            return self._mixture(tails, prior)
+        return self._mixture(torch.cat([base.unsqueeze(1), tails], 1),
+                             torch.cat([torch.full_like(prior[:, :1], w), (1 - w) * prior], 1))
 
     def _interleaved_tails(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Interleaved layout, (B, T) -> the last item token's state h (B, C), the top-B interest
-        tails' states (B, Bk, C) and their prior renormalised over the top-B (B, Bk)."""
+        tails' states (B, Bk, C) and the interests' log P(k | h) (B, Bk)."""
         tok = interleave(history, self.prof_clusters, self.prof_weights, last_pos=1)
         h, cache = self._encode_cached(tok)  # (B, C)
         top_v, top_k = self._top_interests(h)  # (B, Bk)
@@ -493,8 +498,7 @@ class G2RecModel(nn.Module):
         pos = self._positions(full, torch.arange(L, device=h.device) >= L - Bk)[:, -Bk:]
         x_tail = self._embed(TokenBatch(*(t[:, -Bk:] for t in (full.kind, full.item, full.clusters, full.weights,
                                                                full.pos))), pos)  # (B, Bk, C)
-        h2 = self._encode_tail(x_tail, cache, tok.kind != PAD)  # (B, Bk, C)
-        return h, h2, F.softmax(top_v, dim=-1)
+        return h, self._encode_tail(x_tail, cache, tok.kind != PAD), top_v
 
     def _encode_cached(self, tok: TokenBatch) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """Tokens (B, L) -> encode(tok)[:, -1] (B, C) and each layer's keys and values, (B, H, L, D)
@@ -531,11 +535,11 @@ class G2RecModel(nn.Module):
             x = x + block.mlp(block.ln2(x))
         return self.ln_f(x)
 
-    def _mixed_probs(self, queries: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """queries (B, Q, C), weights (B, Q) -> (B, N+1): sum over q of weights[q] times the softmax
-        of queries[q] over the items 1..N; column 0 (padding) = 0."""
-        p = F.softmax(queries @ self.all_item_vectors()[1:].t(), dim=-1)  # (B, Q, N)
-        return F.pad((weights.unsqueeze(1) @ p).squeeze(1), (1, 0))
+    @staticmethod
+    def _mixture(logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """logits (B, Q, N) over the items 1..N, weights (B, Q) -> (B, N+1): sum over q of
+        weights[q] times the softmax of row q; column 0 (padding) = 0."""
+        return F.pad((weights.unsqueeze(1) @ F.softmax(logits, dim=-1)).squeeze(1), (1, 0))
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
         """The exported inference graph: (B, T) -> (B, N+1) scores."""

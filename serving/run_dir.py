@@ -138,7 +138,7 @@ def prepare_run(run_dir: Path) -> None:
         _write_atomic(run_dir / MANIFEST, json.dumps({
             "model_sha256": model_sha, "onnx": DENSE, "onnx_sha256": sha256(run_dir / DENSE),
             "topk_onnx": TOPK, "topk_onnx_sha256": sha256(run_dir / TOPK), "topk_graph": TOPK_GRAPH,
-            "max_len": model.cfg.max_len, "int8": int8,
+            "max_len": model.cfg.input_len, "int8": int8,
             "profile_version": profile_version}, indent=2).encode())
     if not (run_dir / "item_counts.npy").is_file():
         from g2rec.metrics import loo_split
@@ -182,7 +182,7 @@ def _quantized(run_dir: Path, model, topk: Path) -> dict:
         return {"onnx": None, "reason": f"no validation histories to check it on ({e})"}
     tmp = run_dir / f".{INT8}.{os.getpid()}.tmp"
     quantize_int8(topk, tmp, model.cfg.n_items)
-    agreement = topk_agreement(topk, tmp, histories, model.cfg.max_len)
+    agreement = topk_agreement(topk, tmp, histories, model.cfg.input_len)
     figures = {"users": agreement.users, "same_top10_set": agreement.same_set, "mean_overlap10": agreement.overlap,
                "min_same_top10_set": INT8_MIN_SAME_SET}
     if agreement.same_set < INT8_MIN_SAME_SET:

@@ -39,8 +39,8 @@ def export_onnx(model: G2RecModel, path: Path, probs: bool = False) -> Path:
     """history (B, T) int64, left-padded, 1 <= T <= max_len -> scores (B, N+1) float32 log-probs;
     with probs, `probs` (B, N+1) = exp(scores) by G2RecModel.score_probs (padding 0)."""
     model = model.eval()
-    example = torch.ones(2, min(4, model.cfg.max_len), dtype=torch.long)
-    dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("length", min=1, max=model.cfg.max_len)}
+    example = torch.ones(2, min(4, model.cfg.input_len), dtype=torch.long)
+    dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("length", min=1, max=model.cfg.input_len)}
     program = torch.onnx.export(
         _Probs(model).eval() if probs else model, (example,), dynamo=True, input_names=["history"],
         output_names=["probs" if probs else "scores"],
@@ -134,7 +134,7 @@ def check_parity(model: G2RecModel, onnx_path: Path, histories: Sequence[np.ndar
     model = model.eval()
     worst, same = 0.0, 0
     for lo in range(0, len(histories), batch_size):
-        chunk = [h[-model.cfg.max_len:] for h in histories[lo:lo + batch_size]]
+        chunk = [h[-model.cfg.input_len:] for h in histories[lo:lo + batch_size]]
         x = pad_left(chunk, max(1, max(len(h) for h in chunk)))  # (B, T) int64
         with torch.no_grad():
             eager = model.score(torch.from_numpy(x)).numpy()  # (B, N+1)

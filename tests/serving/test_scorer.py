@@ -111,3 +111,16 @@ def test_the_served_graph_with_the_direct_head_mixed_in_matches_the_dense_refere
     for fast, ref in zip(scorer.recommend(hist, 10), scorer.recommend_reference(hist, 10)):
         assert np.array_equal(fast.items, ref.items)
         np.testing.assert_allclose(fast.scores, ref.scores, atol=1e-5)
+
+
+def test_a_model_with_context_reads_history_beyond_its_window_in_the_served_graph(tmp_path):
+    m = tiny_model("g2rec", layout="fused", context_len=MAX_LEN, direct_weight=0.5)
+    topk = export_topk(export_onnx(m, tmp_path / "model.probs.onnx", probs=True), tmp_path / "model.topk.onnx")
+    scorer = OnnxScorer(ScorerConfig(str(export_onnx(m, tmp_path / "model.onnx")), str(topk), max_len=m.cfg.input_len, chunk=3))
+    rng = np.random.default_rng(4)
+    hist = [rng.integers(1, N + 1, size=rng.integers(1, 3 * MAX_LEN)) for _ in range(9)]
+    for h, fast, ref in zip(hist, scorer.recommend(hist, 10), scorer.recommend_reference(hist, 10)):
+        assert np.array_equal(fast.items, ref.items)
+        eager = m.score(torch.from_numpy(pad_left([h], m.cfg.input_len)))[0]
+        eager[torch.from_numpy(np.asarray(h))] = -torch.inf
+        assert np.array_equal(fast.items, eager.topk(10).indices.numpy())
