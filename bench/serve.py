@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import click
@@ -197,19 +197,21 @@ def swap_under_load(server: ServeProcess, watch_dir: Path, runs: list[Path], ver
     return result[0], took
 
 
-def beauty_sized_run(out: Path, seed: int) -> Path:
+def beauty_sized_run(out: Path, seed: int, **model: object) -> Path:
     """A randomly initialised G2Rec model of Beauty's size with a synthetic profile table, saved as
-    a run directory and prepared for serving (exported)."""
+    a run directory and prepared for serving (exported); `model`: ModelConfig fields to change."""
     import torch
 
-    from g2rec.model import G2RecModel, ModelConfig
+    from g2rec.model import G2RecModel
     from serving.run_dir import prepare_run
+    from training.presets import preset
     from training.pipeline import DataSource, PipelineConfig, save_run
 
     n, k, rho = 12_101, 256, 4
     torch.manual_seed(seed)
-    model = G2RecModel(ModelConfig(n_items=n, max_len=50, d_model=128, n_layers=2, n_heads=2, mode="g2rec",
-                                   n_clusters=k, rho=rho, top_b=4, direct_weight=0.98, positions="start")).eval()
+    # The served architecture: Beauty's G2Rec preset (layout, width, depth, context), sized here.
+    cfg = replace(preset("beauty", "g2rec").model, n_items=n, n_clusters=k, rho=rho, direct_weight=0.98, **model)
+    model = G2RecModel(cfg).eval()
     g = torch.Generator().manual_seed(seed)
     weights = torch.softmax(torch.randn(n + 1, rho, generator=g), 1)
     weights[0] = 0
@@ -219,6 +221,14 @@ def beauty_sized_run(out: Path, seed: int) -> Path:
     save_run(out, PipelineConfig(data=DataSource("synth")), model, None, {}, np.arange(n + 1), counts)
     prepare_run(out)
     return out
+
+
+def _preset_line() -> str:
+    from training.presets import preset
+
+    m = preset("beauty", "g2rec").model
+    return (f"layout {m.layout}, d {m.d_model}, {m.n_layers} layers, max_len {m.max_len}, "
+            f"context {m.context_len} items as {m.context_tokens} tokens")
 
 
 def histories(n: int, n_items: int, seed: int = 0) -> list[list[int]]:
@@ -251,7 +261,9 @@ def _best_ms(f, reps: int) -> float:
     return 1000 * min(times)
 
 
-def scoring_figures(run_dir: Path, threads: int, reps: int) -> dict:
+def scoring_figures(run_dir: Path, threads: int, reps: int, interleaved: Path | None = None) -> dict:
+    """In-process scoring figures of the run; `interleaved`: a run of the same size in the
+    interleaved layout, timed in the same rounds (batch_1000_ms_interleaved_layout)."""
     import torch
 
     from g2rec.ranking import pad_left
@@ -274,6 +286,8 @@ def scoring_figures(run_dir: Path, threads: int, reps: int) -> dict:
     int8 = rec.scorer.cfg.topk_path.endswith(INT8)
     if int8:  # the float top-k graph of the same run, side by side
         graphs["float"] = open_run(RunConfig(run_dir, threads=threads, precision="float"))
+    if interleaved is not None:
+        graphs["interleaved_layout"] = open_run(RunConfig(interleaved, threads=threads))
     batch = _side_by_side_ms({n: (lambda r=r: r.recommend(users, 10)) for n, r in graphs.items()}, reps)
     single_users = histories(300, rec.n_items, seed=1)
     singles = {n: [] for n in ("served", "previous")}
@@ -300,6 +314,7 @@ def scoring_figures(run_dir: Path, threads: int, reps: int) -> dict:
         "int8": manifest,
         "batch_1000_ms": float(np.median(batch["served"])),
         **({"batch_1000_ms_float": float(np.median(batch["float"]))} if int8 else {}),
+        **({"batch_1000_ms_interleaved_layout": float(np.median(batch["interleaved_layout"]))} if interleaved else {}),
         "batch_1000_ms_previous_graph": float(np.median(batch["previous"])),
         f"batch_1000_ms_{other}_threads": float(np.median(batch[f"served_{other}_threads"])),
         "batch_1000_ms_rounds": batch,
@@ -383,8 +398,10 @@ def command(threads, reps, seconds, clients, batch_users, workers, out, scoring_
         if scoring_only or freshness_only:
             result = json.loads(out.read_text())
             run = trained or beauty_sized_run(tmp / "run-a", 0)
-            if scoring_only:
-                result.update(scoring_figures(run, threads, reps))
+            if scoring_only:  # drop every earlier scoring key: a figure this run does not take must not linger
+                result = {k: v for k, v in result.items() if not k.startswith(("batch_1000_ms", "single_user_"))}
+                result.update(scoring_figures(run, threads, reps, None if trained else
+                                              beauty_sized_run(tmp / "run-i", 0, layout="interleaved", context_len=0)))
                 result["scoring_threads"] = threads
             if freshness_only:
                 result.update(measure_freshness(run, tmp / "fresh", fresh))
@@ -398,11 +415,12 @@ def command(threads, reps, seconds, clients, batch_users, workers, out, scoring_
         result = {"hardware": HARDWARE, "machine": platform.machine(), "cpus": os.cpu_count(),
                   "loadavg_1m_at_start": os.getloadavg()[0],
                   "model": f"G2Rec, {f'trained run {trained}' if trained else 'random init'}, Beauty-sized: 12,101 "
-                           "items, d 128, 2 layers, K 256, rho 4, B 4, max_len 50; histories of 3-50 items (uniform); "
+                           f"items, Beauty's G2Rec preset ({_preset_line()}), K 256, rho 4, B 4; histories of 3-50 items (uniform); "
                            "the swaps alternate it with a random-init model (seed 1)", "threads": threads}
         result.update(batch_job(runs[0], tmp, batch_users, workers))
         click.echo(json.dumps(result), err=True)
-        result.update(scoring_figures(runs[0], threads, reps))
+        result.update(scoring_figures(runs[0], threads, reps, None if trained else
+                                      beauty_sized_run(tmp / "run-i", 0, layout="interleaved", context_len=0)))
         click.echo(json.dumps(result), err=True)
         versions = [read_version(r).version for r in runs]
         probe = [{"history": h} for h in histories(4, 12_101, seed=2)]

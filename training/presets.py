@@ -15,22 +15,28 @@ _MODEL = {
     # Sampled softmax: 2048 shared negatives ~ count^0.75 with logQ correction (see bench/README.md).
     "n_negatives": 2048, "neg_power": 0.75,
 }
-# g2rec mode only. direct_weight: the direct next-item head's share of the score; the share used after
-# training is re-chosen on validation (training/pipeline.py), this one drives early stopping.
-_G2REC = {"direct_weight": 0.9, "top_b": 4, "interest_loss_weight": 0.2}
+# g2rec mode only. direct_weight: the direct next-item head's share of the score, re-chosen on
+# validation at every evaluation (early stopping) and after training (g2rec.train.validate).
+# layout "fused": one token per item, trained on the top-B mixture it is scored with; at equal CPU
+# time it beats items-only on validation where the interleaved layout could not (ML-100K) and
+# costs 1.2-1.5x an items-only epoch, not 3x (bench/README.md, tune-*.json).
+# context_len / context_tokens: up to 200 items before the 50-item window as 2 interest tokens
+# (ML-100K and LastFM users are long; bench/README.md).
+_G2REC = {"direct_weight": 0.9, "top_b": 4, "interest_loss_weight": 0.2, "layout": "fused",
+          "context_len": 200, "context_tokens": 2}
 # ema: validate and keep an average of the weights (decay 0.998 per step, about 6 epochs on Beauty);
 # validation NDCG@10 0.0607 against 0.0586 for the raw weights, and it no longer swings ±0.002
 # between evaluations (bench/README.md).
 # target_weighting: every training target weighs the same, whatever the length of its batch (the
 # batches are length-sorted): validation NDCG@10 0.0670 against 0.0611 (bench/README.md).
-_TRAIN = {"epochs": 300, "batch_size": 256, "lr": 2e-3, "eval_every": 3, "patience": 4, "max_minutes": 15.0, "ema": 0.998,
-          "target_weighting": True}
+# max_minutes / clock: the same cap for both models, in CPU minutes of the training process, so a
+# shared machine's other jobs do not change what a model gets; both stop on patience well before it
+# on ML-100K and LastFM.
+_TRAIN = {"epochs": 300, "batch_size": 256, "lr": 2e-3, "eval_every": 3, "patience": 4, "max_minutes": 30.0, "clock": "cpu",
+          "ema": 0.998, "target_weighting": True}
 # Items mode learns best at lr 1e-3 once targets weigh the same (validation 0.0689 at epoch 24 against
-# 0.0670 at epoch 15 with 2e-3). G2Rec keeps 2e-3: an epoch costs it about 3x an items-only one
-# (twice the tokens, B extra encodings per validation). At 45 minutes Beauty seeds were still rising
-# slowly; a 90-minute run of seed 0 added +0.4% on validation at the chosen weight (bench/README.md).
+# 0.0670 at epoch 15 with 2e-3). G2Rec keeps 2e-3 (bench/README.md).
 _ITEMS_TRAIN = {"lr": 1e-3}
-_G2REC_TRAIN = {"max_minutes": 45.0}
 _GRAPH: dict = {}
 # auto_resolution: search the modularity resolution that yields about K interests (Beauty's
 # optimum at resolution 1 has only ~13 communities; see bench/README.md).
@@ -54,7 +60,7 @@ _OVERRIDES: dict[str, dict] = {
 
 _MODES: dict[str, dict] = {
     "items": {"model": {"mode": "items"}, "train": _ITEMS_TRAIN},
-    "g2rec": {"model": {**_G2REC, "mode": "g2rec"}, "train": _G2REC_TRAIN},
+    "g2rec": {"model": {**_G2REC, "mode": "g2rec"}},
 }
 
 
