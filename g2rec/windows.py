@@ -68,43 +68,75 @@ class UserWindows:
     Row r: users[r] (raw id), positions[r] events seen, items[r, W-L:] the last L = min(positions, W)
     items oldest first (left-padded with -1), partition[r] the input partition the user arrives on,
     stamp[r] the caller's clock when the row was last loaded or extended (`evict` drops by it).
+
+    Memory, per row: items are int32 while every id stored fits (int64 from the first one that
+    does not), 4 * window bytes, plus 28 bytes of per-row columns and 16 of the sorted user index
+    that `find` searches (a dict of Python ints took ~145 bytes a user). Tables grow by a quarter,
+    in place (`ndarray.resize`, i.e. realloc: glibc moves large blocks by remapping pages), so a
+    grown table does not sit beside a full copy of the old one.
     """
+
+    _COLUMNS = ("users", "positions", "partition", "stamp", "items")
 
     def __init__(self, window: int, capacity: int = 1024) -> None:
         if window < 1:
             raise ValueError(f"window={window} must be >= 1")
+        if capacity < 1:
+            raise ValueError(f"capacity={capacity} must be >= 1")
         self.window = window
-        self._row: dict[int, int] = {}
         self.users = np.zeros(capacity, dtype=np.int64)
         self.positions = np.zeros(capacity, dtype=np.int64)
-        self.partition = np.zeros(capacity, dtype=np.int64)
+        self.partition = np.zeros(capacity, dtype=np.int32)
         self.stamp = np.zeros(capacity, dtype=np.float64)
-        self.items = np.full((capacity, window), _PAD, dtype=np.int64)
+        self.items = np.full((capacity, window), _PAD, dtype=np.int32)
+        self._keys = np.zeros(0, dtype=np.int64)  # (n,) user ids of rows 0..n-1, ascending
+        self._key_rows = np.zeros(0, dtype=np.int64)  # (n,) the row of each
         self.n = 0
+        self.in_place_resizes = 0  # column resizes done without a copy (tests read it)
 
     def __len__(self) -> int:
         return self.n
+
+    def _fit_items(self, ids: np.ndarray) -> None:
+        """Widen the item table to int64 once an id outside int32 arrives."""
+        if self.items.dtype == np.int64 or not len(ids):
+            return
+        info = np.iinfo(np.int32)
+        if ids.min() < info.min or ids.max() > info.max:
+            self.items = self.items.astype(np.int64)
 
     def _grow(self, need: int) -> None:
         cap = len(self.users)
         if need <= cap:
             return
-        new = max(need, 2 * cap)
-        self.users = np.resize(self.users, new)
-        self.positions = np.resize(self.positions, new)
-        self.partition = np.resize(self.partition, new)
-        self.stamp = np.resize(self.stamp, new)
-        items = np.full((new, self.window), _PAD, dtype=np.int64)
-        items[:cap] = self.items
-        self.items = items
+        new = max(need, cap + cap // 4 + 1024)
+        self._resize(new)
+
+    def _resize(self, rows: int) -> None:
+        """Every column to `rows` rows (new ones zero): in place, unless something else holds a
+        column (numpy's refcheck refuses then), when it is copied."""
+        for name in self._COLUMNS:
+            arr = self.__dict__.pop(name)  # this frame's reference must be the only one
+            try:
+                arr.resize((rows, *arr.shape[1:]))
+                self.in_place_resizes += 1
+            except ValueError:
+                old, arr = arr, np.zeros((rows, *arr.shape[1:]), dtype=arr.dtype)
+                arr[: min(rows, len(old))] = old[:rows]
+            finally:
+                setattr(self, name, arr)
 
     def find(self, users: np.ndarray) -> np.ndarray:
         """(B,) rows of these raw user ids, -1 where a user has no row."""
-        get = self._row.get
-        return np.fromiter((get(u, -1) for u in users.tolist()), dtype=np.int64, count=len(users))
+        users = np.asarray(users, dtype=np.int64)
+        if not self.n:
+            return np.full(len(users), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self._keys, users), self.n - 1)
+        return np.where(self._keys[at] == users, self._key_rows[at], -1)
 
     def rows_for(self, users: np.ndarray, partition: int, rows: np.ndarray | None = None) -> np.ndarray:
         """(B,) rows of these raw user ids, creating empty rows for new users (`rows`: find's answer)."""
+        users = np.asarray(users, dtype=np.int64)
         rows = self.find(users) if rows is None else rows
         missing = rows < 0
         if missing.any():
@@ -118,8 +150,11 @@ class UserWindows:
             self.stamp[sl] = 0.0
             self.items[sl] = _PAD
             self.n += len(new_users)
-            self._row.update(zip(new_users.tolist(), range(start, self.n)))
-            rows[missing] = [self._row[u] for u in users[missing].tolist()]
+            new_rows = np.arange(start, self.n, dtype=np.int64)
+            at = np.searchsorted(self._keys, new_users)
+            self._keys = np.insert(self._keys, at, new_users)
+            self._key_rows = np.insert(self._key_rows, at, new_rows)
+            rows[missing] = start + np.searchsorted(new_users, users[missing])
         return rows
 
     def drop_partitions(self, partitions: set[int]) -> None:
@@ -136,15 +171,15 @@ class UserWindows:
 
     def _keep(self, keep: np.ndarray) -> None:
         n = int(keep.sum())
-        for name in ("users", "positions", "partition", "stamp", "items"):
+        for name in self._COLUMNS:
             arr = getattr(self, name)
             arr[:n] = arr[: self.n][keep]
+        renumber = np.cumsum(keep) - 1  # old row -> new row, for the rows kept
+        kept = keep[self._key_rows]
+        self._keys, self._key_rows = self._keys[kept], renumber[self._key_rows[kept]]
         self.n = n
-        self._row = dict(zip(self.users[:n].tolist(), range(n)))
         if 4 * n < len(self.users) and len(self.users) > 1024:  # give memory back after a large eviction
-            cap = max(1024, 2 * n)
-            for name in ("users", "positions", "partition", "stamp", "items"):
-                setattr(self, name, getattr(self, name)[:cap].copy())
+            self._resize(max(1024, 2 * n))
 
     def export(self, rows: np.ndarray | None = None) -> WindowTable:
         """The windows of these rows (all rows when None) as a ragged table."""
@@ -153,7 +188,7 @@ class UserWindows:
         ptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         block = self.items[rows]
         mask = np.arange(self.window)[None, :] >= (self.window - lengths)[:, None]
-        return WindowTable(self.users[rows].copy(), self.positions[rows].copy(), ptr, block[mask])
+        return WindowTable(self.users[rows], self.positions[rows], ptr, block[mask].astype(np.int64))
 
     def load(self, table: WindowTable, partition: int, stamp: float = 0.0) -> None:
         """Set these users' windows (replacing any rows they already have)."""
@@ -166,7 +201,8 @@ class UserWindows:
             raise ValueError(f"window table has rows longer than window={self.window} or than their positions")
         self.positions[rows] = table.positions
         self.partition[rows] = partition
-        block = np.full((len(rows), self.window), _PAD, dtype=np.int64)
+        self._fit_items(table.flat)
+        block = np.full((len(rows), self.window), _PAD, dtype=self.items.dtype)
         mask = np.arange(self.window)[None, :] >= (self.window - lengths)[:, None]
         block[mask] = table.flat
         self.items[rows] = block
@@ -183,6 +219,7 @@ class UserWindows:
             raise ValueError(f"users {users.shape} and items {items.shape} must be 1-d of one length")
         W = self.window
         rows = self.rows_for(users, partition) if rows is None else rows
+        self._fit_items(items)
         order = np.argsort(rows, kind="stable")
         r_sorted = rows[order]
         B = len(order)

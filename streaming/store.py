@@ -90,7 +90,19 @@ user_windows_table = Table(  # each user's window as of the folded logs
     Column("position", BigInteger, nullable=False),  # events seen
     Column("items", LargeBinary, nullable=False),  # int64, the last min(position, window), oldest first
 )
-_IN_CHUNK = 5000  # ids per IN (...) list: under SQLite's and Postgres's bound-parameter limits
+_IN_CHUNK = 4096  # ids per IN (...) list: under SQLite's and Postgres's bound-parameter limits
+
+
+def _padded(ids: list[int]) -> list[int]:
+    """`ids` (non-empty) padded to a power of two by repeating the last one.
+
+    Each length of an IN list is another SQL text, and the sqlite3 driver keeps the last 128
+    statements it prepared on each connection; with lookups of 1 to 5,000 ids those held ~50 MB
+    per connection (two in a worker), the rise of a large-state worker's RSS over its run
+    (bench/README.md, peak RSS). Padded, a connection prepares at most 13 of them.
+    """
+    size = 1 << (len(ids) - 1).bit_length()
+    return ids + ids[-1:] * (size - len(ids))
 snapshots_table = Table(
     "stream_snapshots", metadata,
     Column("snapshot_id", Integer, primary_key=True, autoincrement=False),
@@ -361,7 +373,7 @@ class StateStore:
         else:
             ids = np.unique(np.asarray(users, dtype=np.int64)).tolist()
             rows = [r for lo in range(0, len(ids), _IN_CHUNK)
-                    for r in conn.execute(query.where(t.c.user_id.in_(ids[lo:lo + _IN_CHUNK]))).all()]
+                    for r in conn.execute(query.where(t.c.user_id.in_(_padded(ids[lo:lo + _IN_CHUNK])))).all()]
         if not rows:
             return WindowTable.empty()
         blobs = [r.items for r in rows]

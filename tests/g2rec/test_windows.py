@@ -90,3 +90,67 @@ def test_evict_forgets_users_stamped_before_the_cutoff_and_keeps_the_rest():
     table = win.export()
     assert sorted(zip(table.users.tolist(), table.positions.tolist())) == [(2, 2), (3, 1)]
     assert win.find(np.array([1, 2, 3])).tolist()[0] == -1
+
+
+def _as_dict(table: WindowTable) -> dict[int, tuple[int, list[int]]]:
+    return {int(u): (int(p), table.flat[table.ptr[k]:table.ptr[k + 1]].tolist())
+            for k, (u, p) in enumerate(zip(table.users, table.positions))}
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), window=st.integers(1, 6),
+       ops=st.lists(st.sampled_from(["extend", "extend", "extend", "evict", "drop", "load"]), max_size=25))
+def test_windows_match_a_plain_reference_through_growth_eviction_drops_and_loads(seed, window, ops):
+    """The sorted user index and the in-place growth keep every row where `find` says it is."""
+    rng = np.random.default_rng(seed)
+    win = UserWindows(window, capacity=1)
+    ref: dict[int, tuple[int, list[int], int, float]] = {}  # user -> (position, window, partition, stamp)
+    for step, op in enumerate(ops):
+        if op == "extend":
+            part = int(rng.integers(0, 2))
+            users = rng.integers(0, 40, int(rng.integers(1, 30))) * 2 + part  # partition by parity
+            items = rng.integers(0, 1000, len(users))
+            win.extend(users, items, partition=part, stamp=float(step))
+            for u, i in zip(users.tolist(), items.tolist()):
+                p, w, _, _ = ref.get(u, (0, [], part, 0.0))
+                ref[u] = (p + 1, (w + [i])[-window:], part, float(step))
+        elif op == "evict":
+            before = float(step - int(rng.integers(1, 4)))
+            assert win.evict(before) == sum(s < before for *_, s in ref.values())
+            ref = {u: v for u, v in ref.items() if v[3] >= before}
+        elif op == "drop":
+            win.drop_partitions({0})
+            ref = {u: v for u, v in ref.items() if v[2] != 0}
+        else:  # load stored windows of some users, new and known
+            users = np.unique(rng.integers(0, 40, 5) * 2 + 1)
+            positions = rng.integers(window, 3 * window, len(users))
+            flat = rng.integers(0, 1000, len(users) * window)
+            win.load(WindowTable(users, positions, np.arange(len(users) + 1) * window, flat), partition=1,
+                     stamp=float(step))
+            for k, u in enumerate(users.tolist()):
+                ref[u] = (int(positions[k]), flat[k * window:(k + 1) * window].tolist(), 1, float(step))
+        assert _as_dict(win.export()) == {u: (p, w) for u, (p, w, _, _) in ref.items()}
+        probe = np.arange(0, 84)
+        rows = win.find(probe)
+        assert ((rows >= 0) == np.isin(probe, list(ref))).all()
+        assert np.array_equal(win.users[rows[rows >= 0]], probe[rows >= 0])
+
+
+def test_items_are_int32_until_an_id_needs_int64():
+    win = UserWindows(window=3)
+    win.extend(np.array([1, 2, 1]), np.array([10, 20, 30]), partition=0)
+    assert win.items.dtype == np.int32
+    big = 2**40 + 7
+    win.extend(np.array([2, 1]), np.array([big, 40]), partition=0)
+    assert win.items.dtype == np.int64
+    assert _as_dict(win.export()) == {1: (3, [10, 30, 40]), 2: (2, [20, big])}
+    win.load(WindowTable(np.array([5]), np.array([1]), np.array([0, 1]), np.array([-(2**35)])), partition=0)
+    assert _as_dict(win.export())[5] == (1, [-(2**35)])
+
+
+def test_a_table_grows_in_place_without_a_second_copy():
+    win = UserWindows(window=4, capacity=1)
+    for lo in range(0, 20_000, 2_000):
+        win.extend(np.arange(lo, lo + 2_000), np.arange(2_000), partition=0)
+    assert len(win) == 20_000 and win.in_place_resizes > 0
+    assert win.find(np.array([0, 19_999, 20_000])).tolist() == [0, 19_999, -1]
