@@ -402,6 +402,10 @@ def command(threads, reps, seconds, clients, batch_users, workers, out, scoring_
                 result = {k: v for k, v in result.items() if not k.startswith(("batch_1000_ms", "single_user_"))}
                 result.update(scoring_figures(run, threads, reps, None if trained else
                                               beauty_sized_run(tmp / "run-i", 0, layout="interleaved", context_len=0)))
+                result["scoring_model"] = (f"trained run {trained}" if trained else
+                                           f"random init, Beauty-sized, Beauty's G2Rec preset ({_preset_line()}); "
+                                           "batch_1000_ms_interleaved_layout: the same size in the interleaved layout")
+                result["scoring_loadavg_1m_at_start"] = os.getloadavg()[0]
                 result["scoring_threads"] = threads
             if freshness_only:
                 result.update(measure_freshness(run, tmp / "fresh", fresh))
