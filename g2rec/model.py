@@ -10,7 +10,7 @@ besides the direct head and the interest head, its loss is the negative log of t
 sum_k P(k | h) P(next item | h, k) that inference ranks with (bench/README.md has the comparison).
 
 Training (`loss`): items mode predicts the next item at every position (full or sampled softmax).
-G2Rec mode, on P(i_1), i_1, ..., P(i_T), i_T, P(i_T+1): at an interest token the target is its item
+G2Rec mode, interleaved layout, on P(i_1), i_1, ..., P(i_T), i_T, P(i_T+1): at an interest token the target is its item
 (item head), at an item token the target is the next item's interest profile (interest head) and,
 when direct_weight > 0, also the next item itself (direct head); each term is its own mean.
 Inference (`score`): P(item | h) = sum over the top-B interests k of P(k | h) * P(item | h, k),
@@ -375,12 +375,13 @@ class G2RecModel(nn.Module):
         return total + item_loss, parts
 
     def _fused_loss(self, seqs: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Fused layout, (B, To + T+1) (To older items: context; none without context_len): at every item token the next item's profile (interest head), the
-        next item (direct head) and, at up to mixture_positions sampled positions, the top-B
-        mixture inference ranks with; each term its own mean."""
+        """Fused layout, seqs (B, To + T+1): To older items (context, with context_len) before a
+        window of T+1. At every item token of the window the targets are the next item's profile
+        (interest head), the next item (direct head) and, at up to mixture_positions sampled
+        positions, the top-B mixture inference ranks with; each term its own mean."""
         window = seqs[:, -self.cfg.max_len - 1 :]
         x, y = window[:, :-1], window[:, 1:]
-        tok = self._item_tokens(x)
+        tok = self._item_tokens_of(x)
         if self.cfg.context_len:  # the items before the window, as context tokens in front
             tok = _cat_tokens(self._context_tokens(seqs[:, : -self.cfg.max_len - 1][:, -self.cfg.context_len :]), tok)
         h = self.encode(tok)[:, -x.shape[1] :]  # (B, T, C)

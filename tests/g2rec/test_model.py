@@ -128,3 +128,11 @@ def test_context_tokens_summarise_the_items_before_the_window():
     # The model reads only context_len items before the window.
     far = m.score(torch.tensor([[9, 9, 9, 5, 5, 1, 2]]))
     assert torch.allclose(far, m.score(torch.tensor([[9, 5, 5, 1, 2]])), atol=1e-6)
+
+
+def test_fused_training_reads_the_context_before_the_window():
+    m = make("g2rec", layout="fused", max_len=3, context_len=4, mixture_positions=10**6)
+    window = torch.tensor([[1, 2, 3, 4]])
+    with_context = m.loss(torch.cat([torch.tensor([[5, 6]]), window], 1))[0]
+    assert not torch.allclose(with_context, m.loss(window)[0])
+    assert torch.allclose(m.loss(torch.cat([torch.tensor([[0, 0]]), window], 1))[0], m.loss(window)[0])
