@@ -78,16 +78,21 @@ def searches_mixture(model: G2RecModel) -> bool:
     return model.cfg.mode == "g2rec" and (model.fused or model.cfg.direct_weight > 0)
 
 
+def mixture_search(model: G2RecModel, split: LooSplit) -> dict[float, dict[str, float]]:
+    """Validation metrics (history excluded) at each of DIRECT_WEIGHTS and the configured weight."""
+    weights = sorted({*DIRECT_WEIGHTS, model.cfg.direct_weight})
+    return {w: m["masked"] for w, m in evaluate_mixtures(model, split, "valid", weights, unmasked=False).items()}
+
+
 def validate(model: G2RecModel, split: LooSplit) -> tuple[dict[str, float], float | None]:
     """Validation metrics (history excluded) at the direct-head weight that would be chosen now
-    (the best of DIRECT_WEIGHTS and the configured one on NDCG@10), and that weight; None when the
-    model has no mixture to choose. Early stopping and the final choice use the same rule."""
+    (the best of mixture_search on NDCG@10), and that weight; None when the model has no mixture
+    to choose. Early stopping and the final choice (training.pipeline) use the same rule."""
     if not searches_mixture(model):
         return evaluate(model, split, "valid", unmasked=False)["masked"], None
-    weights = sorted({*DIRECT_WEIGHTS, model.cfg.direct_weight})
-    by_weight = evaluate_mixtures(model, split, "valid", weights, unmasked=False)
-    best = max(weights, key=lambda w: by_weight[w]["masked"]["ndcg@10"])
-    return by_weight[best]["masked"], best
+    by_weight = mixture_search(model, split)
+    best = max(by_weight, key=lambda w: by_weight[w]["ndcg@10"])
+    return by_weight[best], best
 
 
 def training_sequences(train: Interactions, max_len: int, context_len: int = 0) -> list[np.ndarray]:

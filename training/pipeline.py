@@ -30,7 +30,7 @@ from g2rec.graph import GraphConfig, build_graph
 from g2rec.metrics import LooSplit, loo_split
 from g2rec.model import G2RecModel, ModelConfig
 from g2rec.profiles import cluster_prototypes, cluster_sizes
-from g2rec.train import DIRECT_WEIGHTS, FitResult, TrainConfig, evaluate, evaluate_mixtures, fit, searches_mixture
+from g2rec.train import FitResult, TrainConfig, evaluate, fit, mixture_search, searches_mixture
 from g2rec.types import Interactions, InterestProfiles
 
 log = logging.getLogger("g2rec.train")
@@ -173,8 +173,7 @@ def run(cfg: PipelineConfig, out: Path | None = None, data: Interactions | None 
 def choose_direct_weight(model: G2RecModel, split: LooSplit) -> dict[str, float]:
     """Pick the score mixture weight of the direct head on VALIDATION NDCG@10 (inference only:
     training does not depend on it). Leaves the model set to the winner; returns the search."""
-    weights = sorted({*DIRECT_WEIGHTS, model.cfg.direct_weight})
-    search = {str(w): m["masked"]["ndcg@10"] for w, m in evaluate_mixtures(model, split, "valid", weights).items()}
+    search = {str(w): m["ndcg@10"] for w, m in mixture_search(model, split).items()}
     best = max(search, key=search.get)
     model.cfg = replace(model.cfg, direct_weight=float(best))
     return search
