@@ -17,9 +17,10 @@ _MODEL = {
 }
 # g2rec mode only. direct_weight: the direct next-item head's share of the score, re-chosen on
 # validation at every evaluation (early stopping) and after training (g2rec.train.validate).
-# layout "fused": one token per item, trained on the top-B mixture it is scored with; at equal CPU
-# time it beats items-only on validation where the interleaved layout could not (ML-100K) and
-# costs 1.2-1.5x an items-only epoch, not 3x (bench/README.md, tune-*.json).
+# layout "fused": one token per item, trained on the top-B mixture it is scored with. At equal CPU
+# caps on validation: LastFM +2.8% and ML-100K +1.2% over items-only (the interleaved layout lost
+# 21% on ML-100K), Beauty -4% at a 12-minute cap; an epoch costs 1.5x items-only's on LastFM and
+# 2.8x on Beauty (bench/README.md, tune-*.json).
 # context_len / context_tokens: up to 200 items before the 50-item window as 2 interest tokens
 # (ML-100K and LastFM users are long; bench/README.md).
 _G2REC = {"direct_weight": 0.9, "top_b": 4, "interest_loss_weight": 0.2, "layout": "fused",
