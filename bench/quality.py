@@ -72,6 +72,11 @@ def update_json(path: Path, change) -> None:
         path.write_text(json.dumps(change(old), indent=2))
 
 
+def _cap(minutes: float | None, clock: str | None) -> dict:
+    """TrainConfig overrides of the training cap (none given: the presets')."""
+    return {**({"max_minutes": minutes} if minutes is not None else {}), **({"clock": clock} if clock else {})}
+
+
 def quality(dataset: str, models: list[str], seeds: list[int], minutes: float | None, threads: int,
             on_seed=None, clock: str | None = None) -> dict:
     """Runs every model over `seeds`; `on_seed(partial report)` after each seed, so a long run
@@ -81,8 +86,7 @@ def quality(dataset: str, models: list[str], seeds: list[int], minutes: float | 
     report = {"dataset": dataset, "protocol": PROTOCOL, "hardware": hardware(threads), "results": results, "configs": configs}
     for model in models:
         cfg = replace(preset(dataset, model, data_root()), threads=threads)
-        cfg = replace(cfg, train=replace(cfg.train, **({"max_minutes": minutes} if minutes is not None else {}),
-                                         **({"clock": clock} if clock else {})))
+        cfg = replace(cfg, train=replace(cfg.train, **_cap(minutes, clock)))
         report["cap"] = {**report.get("cap", {}), model: {"minutes": cfg.train.max_minutes, "clock": cfg.train.clock}}
         runs = []
         for seed in seeds:
@@ -219,8 +223,7 @@ def tune(dataset, variants, minutes, clock, seed, threads):
         label, _, rest = spec.partition("=")
         model, _, over = rest.partition(":")
         over = json.loads(over) if over else {}
-        cap = {**({"max_minutes": minutes} if minutes is not None else {}), **({"clock": clock} if clock else {})}
-        budget = {"train": {"seed": seed, **cap}, "threads": threads}
+        budget = {"train": {"seed": seed, **_cap(minutes, clock)}, "threads": threads}
         cfg = override(preset(dataset, model, data_root()), deep_merge(over, budget), label)
         m = run(cfg, test=False).metrics
         entry = {"model": model, "overrides": over, "seed": seed, "max_minutes": cfg.train.max_minutes, "clock": cfg.train.clock,

@@ -223,6 +223,11 @@ def beauty_sized_run(out: Path, seed: int, **model: object) -> Path:
     return out
 
 
+def interleaved_run(tmp: Path) -> Path:
+    """beauty_sized_run in the interleaved layout: what the scoring figures time beside the preset."""
+    return beauty_sized_run(tmp / "run-i", 0, layout="interleaved", context_len=0)
+
+
 def _preset_line() -> str:
     from training.presets import preset
 
@@ -400,8 +405,7 @@ def command(threads, reps, seconds, clients, batch_users, workers, out, scoring_
             run = trained or beauty_sized_run(tmp / "run-a", 0)
             if scoring_only:  # drop every earlier scoring key: a figure this run does not take must not linger
                 result = {k: v for k, v in result.items() if not k.startswith(("batch_1000_ms", "single_user_"))}
-                result.update(scoring_figures(run, threads, reps, None if trained else
-                                              beauty_sized_run(tmp / "run-i", 0, layout="interleaved", context_len=0)))
+                result.update(scoring_figures(run, threads, reps, None if trained else interleaved_run(tmp)))
                 result["scoring_model"] = (f"trained run {trained}" if trained else
                                            f"random init, Beauty-sized, Beauty's G2Rec preset ({_preset_line()}); "
                                            "batch_1000_ms_interleaved_layout: the same size in the interleaved layout")
@@ -423,8 +427,7 @@ def command(threads, reps, seconds, clients, batch_users, workers, out, scoring_
                            "the swaps alternate it with a random-init model (seed 1)", "threads": threads}
         result.update(batch_job(runs[0], tmp, batch_users, workers))
         click.echo(json.dumps(result), err=True)
-        result.update(scoring_figures(runs[0], threads, reps, None if trained else
-                                      beauty_sized_run(tmp / "run-i", 0, layout="interleaved", context_len=0)))
+        result.update(scoring_figures(runs[0], threads, reps, None if trained else interleaved_run(tmp)))
         click.echo(json.dumps(result), err=True)
         versions = [read_version(r).version for r in runs]
         probe = [{"history": h} for h in histories(4, 12_101, seed=2)]

@@ -381,10 +381,8 @@ class G2RecModel(nn.Module):
         positions, the top-B mixture inference ranks with; each term its own mean."""
         window = seqs[:, -self.cfg.max_len - 1 :]
         x, y = window[:, :-1], window[:, 1:]
-        tok = self._item_tokens_of(x)
-        if self.cfg.context_len:  # the items before the window, as context tokens in front
-            tok = _cat_tokens(self._context_tokens(seqs[:, : -self.cfg.max_len - 1][:, -self.cfg.context_len :]), tok)
-        h = self.encode(tok)[:, -x.shape[1] :]  # (B, T, C)
+        # The inputs seqs[:, :-1] end with x; _item_tokens puts what comes before x in context tokens.
+        h = self.encode(self._item_tokens(seqs[:, :-1]))[:, -x.shape[1] :]  # (B, T, C)
         valid = x > 0
         h, y = h[valid], y[valid]  # (P, C), (P,)
         logp_k = F.log_softmax(h @ self.cluster_emb.weight.t(), dim=-1)  # (P, K)
