@@ -211,7 +211,9 @@ def ablation(dataset, minutes, epochs, only, threads):
               help="what --minutes caps: wall-clock or this process's CPU time (default: the presets')")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True)
-def tune(dataset, variants, minutes, clock, seed, threads):
+@click.option("--keep", type=click.Path(file_okay=False), default=None,
+              help="also save each variant's run directory under KEEP/LABEL (for `g2rec export`, `bench serve`)")
+def tune(dataset, variants, minutes, clock, seed, threads, keep):
     """Variants on VALIDATION only (the test split is never read): validation metrics at the chosen
     mixture weight, the weight search, seconds per epoch; to bench/results/tune-<dataset>.json."""
     from g2rec.config import deep_merge, override
@@ -225,7 +227,7 @@ def tune(dataset, variants, minutes, clock, seed, threads):
         over = json.loads(over) if over else {}
         budget = {"train": {"seed": seed, **_cap(minutes, clock)}, "threads": threads}
         cfg = override(preset(dataset, model, data_root()), deep_merge(over, budget), label)
-        m = run(cfg, test=False).metrics
+        m = run(cfg, Path(keep) / label if keep else None, test=False).metrics
         entry = {"model": model, "overrides": over, "seed": seed, "max_minutes": cfg.train.max_minutes, "clock": cfg.train.clock,
                  "valid": m["valid"]["masked"], "direct_weight_search": m.get("direct_weight_search"),
                  **{k: m[k] for k in ("train_seconds", "train_cpu_seconds", "seconds_per_epoch", "best_epoch",

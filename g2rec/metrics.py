@@ -85,7 +85,7 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, exclude: list[np.n
     scores = scores.float().clone()
     exclude_seen(scores, exclude)
     t = scores.gather(1, targets.view(-1, 1))  # (B, 1)
-    ahead = (scores > t).sum(1) + (scores == t).sum(1) - 1  # ties count against the target
+    ahead = (scores >= t).sum(1) - 1  # ties count against the target
     n_items = scores.shape[1] - 1
     return torch.where(torch.isinf(t.squeeze(1)), torch.full_like(ahead, n_items), ahead)
 

@@ -54,6 +54,7 @@ class ModelConfig:
     layout: str = "interleaved"  # g2rec: "interleaved" interest/item tokens, or "fused" (one token per item)
     mixture_loss_weight: float = 1.0  # g2rec fused: weight of the top-B mixture's loss
     mixture_positions: int = 2048  # g2rec fused: positions per batch (sampled) that train the mixture
+    mixture_negatives: int = 0  # g2rec fused, sampled softmax: the mixture's own negatives, the first of the batch's (0: all)
     # g2rec fused: up to context_len items older than the max_len window, summarised as
     # context_tokens interest tokens (the top interests of their mean profile) before the window.
     context_len: int = 0
@@ -93,6 +94,13 @@ def mix(via_interest: torch.Tensor, direct: torch.Tensor, direct_weight: float) 
     if direct_weight <= 0:
         return via_interest
     return torch.logaddexp(via_interest + math.log(1 - direct_weight), direct + math.log(direct_weight))
+
+
+def mix_probs(via_interest: torch.Tensor, direct: torch.Tensor, direct_weight: float) -> torch.Tensor:
+    """(1 - w) P_interest + w P_direct: `mix` in probability space, as serving and validation rank."""
+    if direct_weight <= 0:
+        return via_interest
+    return (1 - direct_weight) * via_interest + direct_weight * direct
 
 
 class SelfAttention(nn.Module):
@@ -390,7 +398,8 @@ class G2RecModel(nn.Module):
         logits, target, vectors = self._candidate_logits(h, y)
         direct_loss = F.cross_entropy(logits, target)
         rows = torch.randperm(len(y), device=y.device)[: self.cfg.mixture_positions]
-        mixture_loss = self.mixture_loss(h[rows], y[rows], logp_k[rows], logits[rows], target[rows], vectors)
+        cols = 1 + self.cfg.mixture_negatives if self.cfg.n_negatives > 0 and self.cfg.mixture_negatives > 0 else None
+        mixture_loss = self.mixture_loss(h[rows], y[rows], logp_k[rows], logits[rows, :cols], target[rows], vectors[:cols])
         total = self.cfg.interest_loss_weight * interest_loss + direct_loss + self.cfg.mixture_loss_weight * mixture_loss
         return total, {"interest": interest_loss.item(), "direct": direct_loss.item(), "mixture": mixture_loss.item()}
 
@@ -463,27 +472,34 @@ class G2RecModel(nn.Module):
         exports. One pass over the history keeps each layer's keys and values and runs the last
         layer for the last token only; interleaved, the top-B interest tails then attend to those
         cached keys (no second pass over the history); fused, a tail is one row of item logits plus
-        a row of the (K, N) tilt table. The mixture is summed in probability space (one softmax
-        over the 1+B rows, no logsumexp over (B, Bk, N+1)). An item whose probability is
+        a row of the (K, N) tilt table. The mixture is summed in probability space (no logsumexp
+        over (B, Bk, N+1)). Validation ranks with the same numbers. An item whose probability is
         below float32's smallest (about 1e-45) is 0 here, where `score` keeps a finite log."""
-        items = self.all_item_vectors()[1:]  # (N, C)
         if self.cfg.mode == "items":
             h, _ = self._encode_cached(self._item_tokens(history))
-            return self._mixture((h @ items.t()).unsqueeze(1), torch.ones_like(h[:, :1]))
+            return F.pad(F.softmax(h @ self.all_item_vectors()[1:].t(), dim=-1), (1, 0))
+        return mix_probs(*self.prob_parts(history), self.cfg.direct_weight)
+
+    @torch.no_grad()
+    def prob_parts(self, history: torch.Tensor, tilt_table: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """g2rec mode: exp of score_parts, (B, T) -> two (B, N+1), column 0 (padding) = 0, by
+        score_probs' cheaper path; validation mixes them at each candidate weight. tilt_table:
+        fused, `tilt_table()` when the caller scores many batches with the same weights."""
+        items = self.all_item_vectors()[1:]  # (N, C)
         if self.fused:
             h, _ = self._encode_cached(self._item_tokens(history))  # (B, C)
             top_v, top_k = self._top_interests(h)  # (B, Bk)
             # One item MatMul row per user; t_k . e is a (K, N) table (a constant of the exported graph).
             base = h @ items.t()  # (B, N)
-            tails = base.unsqueeze(1) + (self.tilt_emb.weight @ items.t())[top_k]  # (B, Bk, N)
+            tails = base.unsqueeze(1) + (self.tilt_table() if tilt_table is None else tilt_table)[top_k]  # (B, Bk, N)
         else:
             h, h2, top_v = self._interleaved_tails(history)
             base, tails = h @ items.t(), h2 @ items.t()
-        prior, w = F.softmax(top_v, dim=-1), self.cfg.direct_weight
-        if w <= 0:
-            return self._mixture(tails, prior)
-        return self._mixture(torch.cat([base.unsqueeze(1), tails], 1),
-                             torch.cat([torch.full_like(prior[:, :1], w), (1 - w) * prior], 1))
+        return self._mixture(tails, F.softmax(top_v, dim=-1)), F.pad(F.softmax(base, dim=-1), (1, 0))
+
+    def tilt_table(self) -> torch.Tensor:
+        """Fused layout: t_k . e for every interest k and item 1..N, (K, N)."""
+        return self.tilt_emb.weight @ self.all_item_vectors()[1:].t()
 
     def _interleaved_tails(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Interleaved layout, (B, T) -> the last item token's state h (B, C), the top-B interest

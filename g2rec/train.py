@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from g2rec.cluster import pick_device
 from g2rec.errors import ConfigError
 from g2rec.metrics import LooSplit, metrics_from_ranks, target_ranks
-from g2rec.model import G2RecModel, mix
+from g2rec.model import G2RecModel, mix_probs
 from g2rec.ranking import pad_left
 from g2rec.types import Interactions
 
@@ -224,21 +224,24 @@ def evaluate_mixtures(model: G2RecModel, split: LooSplit, stage: str, weights: l
 
 
 def _evaluate(model: G2RecModel, split: LooSplit, stage: str, batch_size: int, weights: list, unmasked: bool) -> dict:
-    """weights: [None] scores with model.score; else mixes model.score_parts with each weight."""
+    """weights: [None] ranks by model.score_probs; else mixes model.prob_parts at each weight.
+    Probabilities rank as `score` does (the served graph's numbers, at a fraction of the cost; an
+    item whose probability underflows float32 ties at 0, far below any top-k)."""
     was_training = model.training
     model.eval()
     dev = model.item_emb.weight.device
     inputs, targets = split.inputs(stage), split.targets(stage)
     order = np.argsort([len(h) for h in inputs], kind="stable")
+    table = model.tilt_table() if model.fused and weights != [None] else None
     ranks = {w: (np.empty(len(inputs)), np.empty(len(inputs))) for w in weights}  # (masked, unmasked)
     for i in range(0, len(order), batch_size):
         idx = order[i : i + batch_size]
         hist = [inputs[j] for j in idx]
         x = torch.from_numpy(pad_left(hist, min(model.cfg.input_len, max(len(h) for h in hist)))).to(dev)
         t = torch.as_tensor(targets[idx])
-        parts = model.score_parts(x) if weights != [None] else None
+        parts = model.prob_parts(x, table) if weights != [None] else None
         for w, (masked, not_excluded) in ranks.items():
-            scores = (model.score(x) if w is None else mix(*parts, w)).float().cpu()
+            scores = (model.score_probs(x) if w is None else mix_probs(*parts, w)).float().cpu()
             masked[idx] = target_ranks(scores, t, hist).numpy()
             if unmasked:
                 not_excluded[idx] = target_ranks(scores, t, None).numpy()
