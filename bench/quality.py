@@ -78,10 +78,11 @@ def _cap(minutes: float | None, clock: str | None) -> dict:
 
 
 def quality(dataset: str, models: list[str], seeds: list[int], minutes: float | None, threads: int,
-            on_seed=None, clock: str | None = None) -> dict:
+            on_seed=None, clock: str | None = None, keep: Path | None = None) -> dict:
     """Runs every model over `seeds`; `on_seed(partial report)` after each seed, so a long run
     leaves its finished seeds behind. Every model gets the same cap (`minutes` of `clock`, else
-    the presets', which are equal) and the same early-stopping rule (g2rec.train.fit)."""
+    the presets', which are equal) and the same early-stopping rule (g2rec.train.fit). keep: save
+    each run directory as KEEP/<model>-<seed>."""
     results, configs = {}, {}
     report = {"dataset": dataset, "protocol": PROTOCOL, "hardware": hardware(threads), "results": results, "configs": configs}
     for model in models:
@@ -90,7 +91,7 @@ def quality(dataset: str, models: list[str], seeds: list[int], minutes: float | 
         report["cap"] = {**report.get("cap", {}), model: {"minutes": cfg.train.max_minutes, "clock": cfg.train.clock}}
         runs = []
         for seed in seeds:
-            res = run(replace(cfg, train=replace(cfg.train, seed=seed)))
+            res = run(replace(cfg, train=replace(cfg.train, seed=seed)), keep / f"{model}-{seed}" if keep else None)
             m = res.metrics
             runs.append({"seed": seed, **{k: m[k] for k in ("test", "valid", "train_seconds", "train_cpu_seconds", "seconds_per_epoch",
                                                            "best_epoch", "epochs_run", "params", "curve")},
@@ -115,7 +116,9 @@ def quality(dataset: str, models: list[str], seeds: list[int], minutes: float | 
               help="what the cap measures: wall-clock or the run's CPU time (default: the presets')")
 @click.option("--threads", type=int, default=2, show_default=True, help="torch threads (1 on a busy machine)")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="default bench/results/quality-<dataset>.json")
-def command(dataset, models, seeds, first_seed, minutes, clock, threads, out):
+@click.option("--keep", type=click.Path(file_okay=False), default=None,
+              help="also save each run directory as KEEP/<model>-<seed> (for `g2rec export`, `bench serve`)")
+def command(dataset, models, seeds, first_seed, minutes, clock, threads, out, keep):
     """Test metrics of each model over seeds, side by side in one run."""
     t0 = time.time()
     path = Path(out) if out else RESULTS / f"quality-{dataset}.json"
@@ -137,7 +140,8 @@ def command(dataset, models, seeds, first_seed, minutes, clock, threads, out):
         update_json(path, merged)
 
     seed_list = list(range(first_seed, first_seed + seeds))
-    report = quality(dataset, [m.strip() for m in models.split(",") if m.strip()], seed_list, minutes, threads, write, clock)
+    report = quality(dataset, [m.strip() for m in models.split(",") if m.strip()], seed_list, minutes, threads, write, clock,
+                     Path(keep) if keep else None)
     for model, r in report["results"].items():
         click.echo(f"{model:>8}: NDCG@10 {r['ndcg@10']:.4f}±{r['std']['ndcg@10']:.4f}  Recall@10 {r['recall@10']:.4f}  "
                    f"(unmasked {r['unmasked']['ndcg@10']:.4f} / {r['unmasked']['recall@10']:.4f})")

@@ -103,6 +103,22 @@ def mix_probs(via_interest: torch.Tensor, direct: torch.Tensor, direct_weight: f
     return (1 - direct_weight) * via_interest + direct_weight * direct
 
 
+def log_matmul_exp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """log sum_s exp(a[p, s] + b[k, s]), a (P, S), b (K, S) -> (P, K): a logsumexp over every
+    pair of rows as one matmul of their exponentials, each row shifted by its maximum.
+
+    >>> a, b = torch.randn(3, 5), torch.randn(2, 5)
+    >>> ref = (a.unsqueeze(1) + b.unsqueeze(0)).logsumexp(-1)
+    >>> torch.allclose(log_matmul_exp(a, b), ref, atol=1e-5)
+    True
+    """
+    ma, mb = a.amax(1, keepdim=True).detach(), b.amax(1, keepdim=True).detach()
+    # The sum is at least exp(-spread) of either row (at the other's maximum), so it underflows
+    # only when both rows spread over more than float32's ~87 nats; the floor keeps that finite.
+    s = (a - ma).exp() @ (b - mb).exp().t()
+    return s.clamp_min(torch.finfo(s.dtype).tiny).log() + ma + mb.t()
+
+
 class SelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -231,8 +247,9 @@ class G2RecModel(nn.Module):
     def _item_tokens(self, items: torch.Tensor) -> TokenBatch:
         """(B, T) items -> one token per item; in the fused layout each carries its item's profile,
         and with context_len > 0 the items before the last max_len become context_tokens tokens
-        in front (B, S + min(T, max_len))."""
-        if self.cfg.context_len:
+        in front (B, S + min(T, max_len)) when T > max_len (leading padding changes no score, so a
+        batch with nothing before its window goes without)."""
+        if self.cfg.context_len and items.shape[1] > self.cfg.max_len:
             items, older = items[:, -self.cfg.max_len :], items[:, : -self.cfg.max_len]
             return _cat_tokens(self._context_tokens(older[:, -self.cfg.context_len :]), self._item_tokens_of(items))
         return self._item_tokens_of(items)
@@ -338,13 +355,16 @@ class G2RecModel(nn.Module):
         h (P, C), y (P,), logp_k (P, K), logits (P, M), target (P,), vectors (M, C)."""
         top_v, top_k = logp_k.topk(min(self.cfg.top_b, self.cfg.n_clusters), dim=-1)  # (P, Bk)
         prior = F.log_softmax(top_v, dim=-1)
-        # t_k . e for all K at once: a (K, M) table instead of a (P, Bk, C) x (C, M) product
-        tilted = logits.unsqueeze(1) + (self.tilt_emb.weight @ vectors.t())[top_k]  # (P, Bk, M)
-        if self.cfg.n_negatives > 0:  # column 0 holds each row's own target
-            t_y = (self.tilt_emb(top_k) * self.item_vectors(y).unsqueeze(1)).sum(-1)  # (P, Bk)
-            tilted = torch.cat([(logits[:, :1] + t_y).unsqueeze(-1), tilted[..., 1:]], -1)
-        cond = tilted.gather(-1, target.view(-1, 1, 1).expand(-1, top_k.shape[1], 1)).squeeze(-1) - tilted.logsumexp(-1)
-        return -(prior + cond).logsumexp(-1).mean()
+        t_y = (self.tilt_emb(top_k) * self.item_vectors(y).unsqueeze(1)).sum(-1)  # (P, Bk)
+        pos = logits.gather(1, target.view(-1, 1)) + t_y  # the target's tilted logit, (P, Bk)
+        # The normaliser of every tilt at once as one matmul in exp space (a (P, Bk, M) tensor of
+        # tilted logits and its backward cost 3x more; bench/README.md).
+        sampled = self.cfg.n_negatives > 0  # column 0 holds each row's own target: added apart
+        norm = log_matmul_exp(logits[:, 1:] if sampled else logits,
+                              self.tilt_emb.weight @ (vectors[1:] if sampled else vectors).t()).gather(1, top_k)
+        if sampled:
+            norm = torch.logaddexp(pos, norm)
+        return -(prior + pos - norm).logsumexp(-1).mean()
 
     def loss(self, seqs: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """seqs: (B, T+1) left-padded item sequences; every next item is a target."""

@@ -110,9 +110,10 @@ def training_sequences(train: Interactions, max_len: int, context_len: int = 0) 
     return out
 
 
-def length_batches(seqs: list[np.ndarray], batch_size: int, rng: np.random.Generator):
-    """Shuffled batches of similar length (little padding), each (B, T+1)."""
-    order = np.argsort([len(s) + rng.random() for s in seqs], kind="stable")
+def length_batches(seqs: list[np.ndarray], batch_size: int, rng: np.random.Generator, window: int | None = None):
+    """Shuffled batches of similar length (little padding), each (B, T+1). window: sort by the
+    last `window` items only (the transformer's tokens; older context is summarised cheaply)."""
+    order = np.argsort([min(len(s), window or len(s)) + rng.random() for s in seqs], kind="stable")
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for c in rng.permutation(len(chunks)):
         yield torch.from_numpy(pad_left([seqs[i] for i in chunks[c]]))
@@ -298,7 +299,7 @@ def fit(model: G2RecModel, split: LooSplit, cfg: TrainConfig) -> FitResult:
             with torch.no_grad():
                 torch._foreach_lerp_(avg, params, 1.0 - cfg.ema)
 
-        losses = train_epoch(step, opt, list(length_batches(seqs, cfg.batch_size, rng)),
+        losses = train_epoch(step, opt, list(length_batches(seqs, cfg.batch_size, rng, model.cfg.max_len + 1)),
                              mean_targets if cfg.target_weighting else None, dtype, scaler,
                              average if avg is not None else None)
         bar.update(1)

@@ -110,6 +110,23 @@ def test_fused_mixture_loss_is_the_top_b_mixture_that_score_ranks_with():
     assert torch.allclose(loss, -via_interest.gather(1, y.view(-1, 1)).mean(), atol=1e-5)
 
 
+def test_sampled_mixture_loss_is_the_literal_tilted_sampled_softmax():
+    """With sampled negatives, log_matmul_exp's normaliser equals the (P, Bk, M) tensor of tilted
+    candidate logits it replaces, the target's column tilted by t_k . e_y."""
+    m = make("g2rec", layout="fused", top_b=3, n_negatives=12)
+    h, y = torch.randn(7, 16), torch.randint(1, N + 1, (7,))
+    logp_k = torch.log_softmax(h @ m.cluster_emb.weight.t(), -1)
+    torch.manual_seed(1)
+    logits, target, vectors = m._candidate_logits(h, y)
+    loss = m.mixture_loss(h, y, logp_k, logits, target, vectors)
+    top_v, top_k = logp_k.topk(3, -1)
+    cand = vectors.clone().unsqueeze(0).repeat(7, 1, 1)  # (P, M, C), row 0 the target's vector
+    cand[:, 0] = m.item_vectors(y)
+    tilted = logits.unsqueeze(1) + torch.einsum("pbc,pmc->pbm", m.tilt_emb(top_k), cand)  # (P, Bk, M)
+    ref = -(torch.log_softmax(top_v, -1) + tilted.log_softmax(-1)[..., 0]).logsumexp(-1).mean()
+    assert torch.allclose(loss, ref, atol=1e-5)
+
+
 def test_fused_sequences_are_as_long_as_items_mode():
     m = make("g2rec", layout="fused")
     tok = m._item_tokens(seqs())
