@@ -28,6 +28,7 @@ BENCHMARKS = {
     "quality": ("bench.quality:command", "Recommendation quality, items-only vs G2Rec, several seeds."),
     "ablation": ("bench.quality:ablation", "G2Rec variants side by side, one seed each."),
     "tune": ("bench.quality:tune", "Model variants on validation only (the test split unread)."),
+    "epoch-cost": ("bench.epoch_cost:command", "CPU seconds per epoch and validation, items-only vs G2Rec."),
     "cluster": ("bench.cluster:command", "Soft modularity clustering vs Leiden and Louvain."),
     "stream": ("bench.stream:command", "Stream worker throughput, freshness and exactness."),
     "features": ("bench.features:command", "Feature store publish and lookup speed."),

@@ -247,9 +247,8 @@ class G2RecModel(nn.Module):
     def _item_tokens(self, items: torch.Tensor) -> TokenBatch:
         """(B, T) items -> one token per item; in the fused layout each carries its item's profile,
         and with context_len > 0 the items before the last max_len become context_tokens tokens
-        in front (B, S + min(T, max_len)) when T > max_len (leading padding changes no score, so a
-        batch with nothing before its window goes without)."""
-        if self.cfg.context_len and items.shape[1] > self.cfg.max_len:
+        in front (B, S + min(T, max_len))."""
+        if self.cfg.context_len:
             items, older = items[:, -self.cfg.max_len :], items[:, : -self.cfg.max_len]
             return _cat_tokens(self._context_tokens(older[:, -self.cfg.context_len :]), self._item_tokens_of(items))
         return self._item_tokens_of(items)
@@ -410,7 +409,11 @@ class G2RecModel(nn.Module):
         window = seqs[:, -self.cfg.max_len - 1 :]
         x, y = window[:, :-1], window[:, 1:]
         # The inputs seqs[:, :-1] end with x; _item_tokens puts what comes before x in context tokens.
-        h = self.encode(self._item_tokens(seqs[:, :-1]))[:, -x.shape[1] :]  # (B, T, C)
+        # A batch with nothing before its window goes without them (leading padding changes no
+        # score); not in _item_tokens, where the branch would fix the exported graph's shape.
+        inputs = seqs[:, :-1]
+        tok = self._item_tokens(inputs) if inputs.shape[1] > self.cfg.max_len else self._item_tokens_of(inputs)
+        h = self.encode(tok)[:, -x.shape[1] :]  # (B, T, C)
         valid = x > 0
         h, y = h[valid], y[valid]  # (P, C), (P,)
         logp_k = F.log_softmax(h @ self.cluster_emb.weight.t(), dim=-1)  # (P, K)

@@ -18,7 +18,7 @@ from g2rec.cluster import pick_device
 from g2rec.errors import ConfigError
 from g2rec.metrics import LooSplit, metrics_from_ranks, target_ranks
 from g2rec.model import G2RecModel, mix_probs
-from g2rec.ranking import pad_left
+from g2rec.ranking import exclude_seen, pad_left
 from g2rec.types import Interactions
 
 log = logging.getLogger(__name__)
@@ -240,12 +240,20 @@ def _evaluate(model: G2RecModel, split: LooSplit, stage: str, batch_size: int, w
         hist = [inputs[j] for j in idx]
         x = torch.from_numpy(pad_left(hist, min(model.cfg.input_len, max(len(h) for h in hist)))).to(dev)
         t = torch.as_tensor(targets[idx])
-        parts = model.prob_parts(x, table) if weights != [None] else None
-        for w, (masked, not_excluded) in ranks.items():
-            scores = (model.score_probs(x) if w is None else mix_probs(*parts, w)).float().cpu()
-            masked[idx] = target_ranks(scores, t, hist).numpy()
-            if unmasked:
-                not_excluded[idx] = target_ranks(scores, t, None).numpy()
+        parts = [p.float().cpu() for p in (model.prob_parts(x, table) if weights != [None] else [model.score_probs(x)])]
+
+        def scores(w: float | None) -> torch.Tensor:
+            return parts[0] if w is None else mix_probs(*parts, w)
+
+        if unmasked:
+            for w, (_, not_excluded) in ranks.items():
+                not_excluded[idx] = target_ranks(scores(w), t, None).numpy()
+        # The history once per batch, not once per weight: an excluded item is -inf in every part,
+        # so in every positive mixture of them.
+        for p in parts:
+            exclude_seen(p, hist)
+        for w, (masked, _) in ranks.items():
+            masked[idx] = target_ranks(scores(w), t, None).numpy()
     model.train(was_training)
     return {w: {"masked": metrics_from_ranks(m), **({"unmasked": metrics_from_ranks(u)} if unmasked else {})}
             for w, (m, u) in ranks.items()}

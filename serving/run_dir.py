@@ -181,7 +181,7 @@ def _quantized(run_dir: Path, model, topk: Path) -> dict:
     except (OSError, ValueError, G2RecError) as e:  # no dataset here (a registry copy, a synthetic run)
         return {"onnx": None, "reason": f"no validation histories to check it on ({e})"}
     tmp = run_dir / f".{INT8}.{os.getpid()}.tmp"
-    quantize_int8(topk, tmp, model.cfg.n_items)
+    quantize_int8(topk, tmp)
     agreement = topk_agreement(topk, tmp, histories, model.cfg.input_len)
     figures = {"users": agreement.users, "same_top10_set": agreement.same_set, "mean_overlap10": agreement.overlap,
                "min_same_top10_set": INT8_MIN_SAME_SET}

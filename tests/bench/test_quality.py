@@ -27,3 +27,11 @@ def test_update_json_rewrites_from_the_old_contents(tmp_path):
     update_json(path, lambda old: {"seen": old})
     update_json(path, lambda old: {"seen": old})
     assert json.loads(path.read_text()) == {"seen": {"seen": None}}
+
+
+def test_epoch_cost_builds_g2rec_from_its_preset_with_profiles():
+    from bench.epoch_cost import _model
+
+    m = _model("ml-100k", "g2rec", n_items=40, seed=0)
+    assert m.fused and m.cfg.n_clusters == 64 and m.prof_clusters.shape == (41, m.cfg.rho)
+    assert float(m.prof_weights[0].sum()) == 0.0 and float(m.prof_weights[1].sum()) == pytest.approx(1.0)
