@@ -501,28 +501,37 @@ class G2RecModel(nn.Module):
         if self.cfg.mode == "items":
             h, _ = self._encode_cached(self._item_tokens(history))
             return F.pad(F.softmax(h @ self.all_item_vectors()[1:].t(), dim=-1), (1, 0))
-        return mix_probs(*self.prob_parts(history), self.cfg.direct_weight)
+        return F.pad(mix_probs(*self._prob_rows(history), self.cfg.direct_weight), (1, 0))
 
     @torch.no_grad()
-    def prob_parts(self, history: torch.Tensor, tilt_table: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def prob_parts(self, history: torch.Tensor, tilt_exp: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """g2rec mode: exp of score_parts, (B, T) -> two (B, N+1), column 0 (padding) = 0, by
-        score_probs' cheaper path; validation mixes them at each candidate weight. tilt_table:
-        fused, `tilt_table()` when the caller scores many batches with the same weights."""
+        score_probs' cheaper path; validation mixes them at each candidate weight. tilt_exp:
+        fused, `tilt_exp()` when the caller scores many batches with the same weights."""
+        return tuple(F.pad(p, (1, 0)) for p in self._prob_rows(history, tilt_exp))
+
+    def _prob_rows(self, history: torch.Tensor, tilt_exp: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """prob_parts without the padding column: two (B, N) over the items 1..N."""
         items = self.all_item_vectors()[1:]  # (N, C)
         if self.fused:
             h, _ = self._encode_cached(self._item_tokens(history))  # (B, C)
             top_v, top_k = self._top_interests(h)  # (B, Bk)
-            # One item MatMul row per user; t_k . e is a (K, N) table (a constant of the exported graph).
-            base = h @ items.t()  # (B, N)
-            tails = base.unsqueeze(1) + (self.tilt_table() if tilt_table is None else tilt_table)[top_k]  # (B, Bk, N)
-        else:
-            h, h2, top_v = self._interleaved_tails(history)
-            base, tails = h @ items.t(), h2 @ items.t()
-        return self._mixture(tails, F.softmax(top_v, dim=-1)), F.pad(F.softmax(base, dim=-1), (1, 0))
+            base = h @ items.t()  # one item MatMul row per user, (B, N)
+            # softmax(base + T_k) = E * X_k / (E . X_k), E = exp(base - max), X_k = exp(T_k - max_k):
+            # one exp per user and item, the (K, N) table X a constant of the exported graph.
+            e = (base - base.amax(-1, keepdim=True)).exp()  # (B, N)
+            x = (self.tilt_exp() if tilt_exp is None else tilt_exp)[top_k]  # (B, Bk, N)
+            z = (x @ e.unsqueeze(-1)).squeeze(-1)  # (B, Bk)
+            coef = F.softmax(top_v, dim=-1) / z  # prior / normaliser, (B, Bk)
+            return e * (coef.unsqueeze(1) @ x).squeeze(1), e / e.sum(-1, keepdim=True)
+        h, h2, top_v = self._interleaved_tails(history)
+        prior = F.softmax(top_v, dim=-1)
+        return (prior.unsqueeze(1) @ F.softmax(h2 @ items.t(), dim=-1)).squeeze(1), F.softmax(h @ items.t(), dim=-1)
 
-    def tilt_table(self) -> torch.Tensor:
-        """Fused layout: t_k . e for every interest k and item 1..N, (K, N)."""
-        return self.tilt_emb.weight @ self.all_item_vectors()[1:].t()
+    def tilt_exp(self) -> torch.Tensor:
+        """Fused layout: exp(t_k . e_n - max_n t_k . e_n) for every interest k and item 1..N, (K, N)."""
+        table = self.tilt_emb.weight @ self.all_item_vectors()[1:].t()
+        return (table - table.amax(-1, keepdim=True)).exp()
 
     def _interleaved_tails(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Interleaved layout, (B, T) -> the last item token's state h (B, C), the top-B interest
@@ -572,12 +581,6 @@ class G2RecModel(nn.Module):
             x = x + block.attn.attend(q, torch.cat([k_hist, k], 2), torch.cat([v_hist, v], 2), mask)
             x = x + block.mlp(block.ln2(x))
         return self.ln_f(x)
-
-    @staticmethod
-    def _mixture(logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """logits (B, Q, N) over the items 1..N, weights (B, Q) -> (B, N+1): sum over q of
-        weights[q] times the softmax of row q; column 0 (padding) = 0."""
-        return F.pad((weights.unsqueeze(1) @ F.softmax(logits, dim=-1)).squeeze(1), (1, 0))
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
         """The exported inference graph: (B, T) -> (B, N+1) scores."""

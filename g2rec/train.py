@@ -233,7 +233,7 @@ def _evaluate(model: G2RecModel, split: LooSplit, stage: str, batch_size: int, w
     dev = model.item_emb.weight.device
     inputs, targets = split.inputs(stage), split.targets(stage)
     order = np.argsort([len(h) for h in inputs], kind="stable")
-    table = model.tilt_table() if model.fused and weights != [None] else None
+    table = model.tilt_exp() if model.fused and weights != [None] else None
     ranks = {w: (np.empty(len(inputs)), np.empty(len(inputs))) for w in weights}  # (masked, unmasked)
     for i in range(0, len(order), batch_size):
         idx = order[i : i + batch_size]

@@ -79,8 +79,8 @@ class Recommender:
     def dense(self, ids: Sequence[ItemId]) -> np.ndarray:
         """Original ids -> the dense ids of the known ones, in order. The type must match the
         catalogue's exactly: True and 1.0 are not item 1, "10" is not item 10."""
-        index, kind = self.index, self.item_type
-        return np.array([index[i] for i in ids if type(i) is kind and i in index], dtype=np.int64)
+        get, kind = self.index.get, self.item_type
+        return np.array([d for i in ids if type(i) is kind and (d := get(i)) is not None], dtype=np.int64)
 
     def recommend(self, histories: Sequence[Sequence[ItemId]], k: int,
                   excludes: Sequence[Sequence[ItemId]] | None = None) -> list[Ranked]:
