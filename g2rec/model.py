@@ -494,10 +494,12 @@ class G2RecModel(nn.Module):
         """history (B, T) -> (B, N+1) exp(score(history)), column 0 (padding) = 0: the graph serving
         exports. One pass over the history keeps each layer's keys and values and runs the last
         layer for the last token only; interleaved, the top-B interest tails then attend to those
-        cached keys (no second pass over the history); fused, a tail is one row of item logits plus
-        a row of the (K, N) tilt table. The mixture is summed in probability space (no logsumexp
-        over (B, Bk, N+1)). Validation ranks with the same numbers. An item whose probability is
-        below float32's smallest (about 1e-45) is 0 here, where `score` keeps a finite log."""
+        cached keys (no second pass over the history); fused, a tail is one row of item logits tilted
+        by a row of the (K, N) table, factorised so that each user and item costs one exp
+        (_prob_rows). The mixture is summed in probability space (no logsumexp over (B, Bk, N+1)).
+        Validation ranks with the same numbers. An item whose probability is below float32's
+        smallest (about 1e-38; in the fused layout, also when it is that far below the user's best)
+        is 0 here, where `score` keeps a finite log."""
         if self.cfg.mode == "items":
             h, _ = self._encode_cached(self._item_tokens(history))
             return F.pad(F.softmax(h @ self.all_item_vectors()[1:].t(), dim=-1), (1, 0))
