@@ -20,7 +20,7 @@ _MODEL = {
 # layout "fused": one token per item, trained on the top-B mixture it is scored with. Chosen on
 # validation at equal CPU caps: LastFM +2.8% and ML-100K +1.2% over items-only (the interleaved
 # layout lost 21% on ML-100K), Beauty -4% (tune-*.json). Test, 3 seeds: ML-100K 1.01x, LastFM
-# 1.04x, Beauty 0.95x (quality-*.json); a training epoch costs 1.10-1.46x items-only's
+# 1.04x, Beauty 0.95x (quality-*.json); a training epoch costs 1.09-1.46x items-only's
 # (epoch-cost.json). bench/README.md has the figures and the next candidates (lr 1e-3).
 # context_len / context_tokens: up to 200 items before the 50-item window as 2 interest tokens
 # (ML-100K and LastFM users are long; bench/README.md).
