@@ -23,7 +23,8 @@ import torch
 from bench.quality import RESULTS, hardware
 from cli.context import data_root
 from g2rec.model import G2RecModel
-from g2rec.train import data_parallel, length_batches, train_epoch, training_sequences, validate
+from g2rec.metrics import loo_split
+from g2rec.train import data_parallel, length_batches, mean_targets, train_epoch, training_sequences, validate
 from training.presets import preset
 
 
@@ -46,8 +47,6 @@ def epoch_cost(dataset: str, rounds: int) -> dict:
     """{mode: {train_epoch_cpu_s, validate_cpu_s, per_epoch_cpu_s (validation amortised over
     eval_every), batches}} and their g2rec / items ratios."""
     data = preset(dataset, "items", data_root()).data.load()
-    from g2rec.metrics import loo_split
-
     split = loo_split(data)
     out: dict = {}
     for r in range(rounds):
@@ -56,7 +55,7 @@ def epoch_cost(dataset: str, rounds: int) -> dict:
             model = _model(dataset, mode, data.n_items, seed=r)
             seqs = training_sequences(split.train, model.cfg.max_len, model.cfg.context_len)
             batches = list(length_batches(seqs, cfg.train.batch_size, np.random.default_rng(r), model.cfg.max_len + 1))
-            mean_targets = float(np.mean([(b[:, -model.cfg.max_len - 1 :][:, :-1] > 0).sum().item() for b in batches]))
+            per_batch = mean_targets(seqs, model.cfg.max_len, cfg.train.batch_size)
             opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
             params = list(model.parameters())
             avg = [p.detach().clone() for p in params]
@@ -67,7 +66,7 @@ def epoch_cost(dataset: str, rounds: int) -> dict:
 
             model.train()
             t0 = time.process_time()
-            train_epoch(data_parallel(model), opt, batches, mean_targets if cfg.train.target_weighting else None,
+            train_epoch(data_parallel(model), opt, batches, per_batch if cfg.train.target_weighting else None,
                         on_step=average if cfg.train.ema > 0 else None)
             t1 = time.process_time()
             validate(model, split)

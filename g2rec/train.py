@@ -110,6 +110,12 @@ def training_sequences(train: Interactions, max_len: int, context_len: int = 0) 
     return out
 
 
+def mean_targets(seqs: list[np.ndarray], max_len: int, batch_size: int) -> float:
+    """Training targets per batch over an epoch of `seqs` (each window's items but its first; the
+    context before it is input only): the scale batch_loss's target weighting divides by."""
+    return sum(min(len(s), max_len + 1) - 1 for s in seqs) / -(-len(seqs) // batch_size)
+
+
 def length_batches(seqs: list[np.ndarray], batch_size: int, rng: np.random.Generator, window: int | None = None):
     """Shuffled batches of similar length (little padding), each (B, T+1). window: sort by the
     last `window` items only (the transformer's tokens; older context is summarised cheaply)."""
@@ -290,7 +296,7 @@ def fit(model: G2RecModel, split: LooSplit, cfg: TrainConfig) -> FitResult:
     dtype = amp_dtype(dev, cfg.precision)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     seqs = training_sequences(split.train, model.cfg.max_len, model.cfg.context_len)
-    mean_targets = sum(min(len(s), model.cfg.max_len + 1) - 1 for s in seqs) / -(-len(seqs) // cfg.batch_size)  # per batch
+    per_batch = mean_targets(seqs, model.cfg.max_len, cfg.batch_size)
     step = data_parallel(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     params = list(model.parameters())
@@ -308,7 +314,7 @@ def fit(model: G2RecModel, split: LooSplit, cfg: TrainConfig) -> FitResult:
                 torch._foreach_lerp_(avg, params, 1.0 - cfg.ema)
 
         losses = train_epoch(step, opt, list(length_batches(seqs, cfg.batch_size, rng, model.cfg.max_len + 1)),
-                             mean_targets if cfg.target_weighting else None, dtype, scaler,
+                             per_batch if cfg.target_weighting else None, dtype, scaler,
                              average if avg is not None else None)
         bar.update(1)
         used = time.time() - start if cfg.clock == "wall" else time.process_time() - cpu_start
