@@ -30,11 +30,13 @@ PROTOCOL = (
 
 
 def hardware(threads: int) -> str:
+    """The machine a benchmark trained on; the presets train on CUDA when there is one (device auto)."""
     import os
 
     import torch
 
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} CPU, {threads} threads"
+    where = f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "CPU"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} {where}, {threads} threads"
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -217,12 +219,13 @@ def ablation(dataset, minutes, epochs, only, threads):
 @click.option("--threads", type=int, default=1, show_default=True)
 @click.option("--keep", type=click.Path(file_okay=False), default=None,
               help="also save each variant's run directory under KEEP/LABEL (for `g2rec export`, `bench serve`)")
-def tune(dataset, variants, minutes, clock, seed, threads, keep):
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="default bench/results/tune-<dataset>.json")
+def tune(dataset, variants, minutes, clock, seed, threads, keep, out):
     """Variants on VALIDATION only (the test split is never read): validation metrics at the chosen
     mixture weight, the weight search, seconds per epoch; to bench/results/tune-<dataset>.json."""
     from g2rec.config import deep_merge, override
 
-    path = RESULTS / f"tune-{dataset}.json"
+    path = Path(out) if out else RESULTS / f"tune-{dataset}.json"
     header = {"dataset": dataset, "protocol": PROTOCOL.replace("last item test, ", "") + "; validation only",
               "hardware": hardware(threads)}
     for spec in variants:

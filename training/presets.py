@@ -17,14 +17,15 @@ _MODEL = {
 }
 # g2rec mode only. direct_weight: the direct next-item head's share of the score, re-chosen on
 # validation at every evaluation (early stopping) and after training (g2rec.train.validate).
-# layout "fused": one token per item, trained on the top-B mixture it is scored with. Chosen on
-# validation at equal CPU caps: LastFM +2.8% and ML-100K +1.2% over items-only (the interleaved
-# layout lost 21% on ML-100K), Beauty -4% (tune-*.json). Test, 3 seeds: ML-100K 1.01x, LastFM
-# 1.04x, Beauty 0.95x (quality-*.json); a training epoch costs 1.09-1.46x items-only's
-# (epoch-cost.json). bench/README.md has the figures and the next candidates (lr 1e-3).
+# layout "fused": one token per item, trained on the top-B mixture it is scored with (the interleaved
+# layout lost 21% on ML-100K validation).
+# interest_loss_weight 0: the interest head learns only through the top-B mixture's marginal
+# likelihood, as inference uses it, not also toward the next item's own profile; with lr 1e-3 it won
+# a 16-variant validation sweep on the GPU by the geometric mean of the ratio to items-only over
+# Beauty, LastFM and ML-100K (tune-*-gpu.json; bench/README.md has the figures).
 # context_len / context_tokens: up to 200 items before the 50-item window as 2 interest tokens
 # (ML-100K and LastFM users are long; bench/README.md).
-_G2REC = {"direct_weight": 0.9, "top_b": 4, "interest_loss_weight": 0.2, "layout": "fused",
+_G2REC = {"direct_weight": 0.9, "top_b": 4, "interest_loss_weight": 0.0, "layout": "fused",
           "context_len": 200, "context_tokens": 2}
 # ema: validate and keep an average of the weights (decay 0.998 per step, about 6 epochs on Beauty);
 # validation NDCG@10 0.0607 against 0.0586 for the raw weights, and it no longer swings ±0.002
@@ -34,11 +35,10 @@ _G2REC = {"direct_weight": 0.9, "top_b": 4, "interest_loss_weight": 0.2, "layout
 # max_minutes / clock: the same cap for both models, in CPU minutes of the training process, so a
 # shared machine's other jobs do not change what a model gets; both stop on patience well before it
 # on ML-100K and LastFM.
-_TRAIN = {"epochs": 300, "batch_size": 256, "lr": 2e-3, "eval_every": 3, "patience": 4, "max_minutes": 30.0, "clock": "cpu",
+# lr 1e-3 for both modes: items-only validation 0.0689 against 0.0670 at 2e-3 once targets weigh the
+# same; G2Rec's sweep above.
+_TRAIN = {"epochs": 300, "batch_size": 256, "lr": 1e-3, "eval_every": 3, "patience": 4, "max_minutes": 30.0, "clock": "cpu",
           "ema": 0.998, "target_weighting": True}
-# Items mode learns best at lr 1e-3 once targets weigh the same (validation 0.0689 at epoch 24 against
-# 0.0670 at epoch 15 with 2e-3). G2Rec keeps 2e-3 (bench/README.md).
-_ITEMS_TRAIN = {"lr": 1e-3}
 _GRAPH: dict = {}
 # auto_resolution: search the modularity resolution that yields about K interests (Beauty's
 # optimum at resolution 1 has only ~13 communities; see bench/README.md).
@@ -61,7 +61,7 @@ _OVERRIDES: dict[str, dict] = {
 
 
 _MODES: dict[str, dict] = {
-    "items": {"model": {"mode": "items"}, "train": _ITEMS_TRAIN},
+    "items": {"model": {"mode": "items"}},
     "g2rec": {"model": {**_G2REC, "mode": "g2rec"}},
 }
 
