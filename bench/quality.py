@@ -150,19 +150,46 @@ def command(dataset, models, seeds, first_seed, minutes, clock, threads, out, ke
     click.echo(f"-> {path}")
 
 
-# (label, overrides) for the G2Rec ablation; "B" varies inference only, on the base model.
+# (label, preset -> overrides) for the G2Rec ablation: the preset's alternatives; "B" varies
+# inference only, on the base model.
 ABLATIONS = [
-    ("base", {}),
-    ("rho=1", {"cluster": {"rho": 1}}),
-    ("rho=2", {"cluster": {"rho": 2}}),
-    ("K=64", {"cluster": {"n_clusters": 64}}),
-    ("K=1024", {"cluster": {"n_clusters": 1024}}),
-    ("hard tokens", {"model": {"hard_tokens": True}}),
-    ("semantic items", {"model": {"semantic_items": True}}),
-    ("c=0.5", {"graph": {"c": 0.5}}),
-    ("c=2", {"graph": {"c": 2.0}}),
+    ("base", lambda c: {}),
+    ("interest loss 0.2", lambda c: {"model": {"interest_loss_weight": 0.2}}),  # the head also fits the next item's profile
+    ("lr 2e-3", lambda c: {"train": {"lr": 2e-3}}),
+    ("no context", lambda c: {"model": {"context_len": 0}}),
+    ("semantic items", lambda c: {"model": {"semantic_items": True}}),
+    ("rho=1", lambda c: {"cluster": {"rho": 1}}),
+    ("rho=2", lambda c: {"cluster": {"rho": 2}}),
+    ("K/2", lambda c: {"cluster": {"n_clusters": c.cluster.n_clusters // 2}}),
+    ("2K", lambda c: {"cluster": {"n_clusters": c.cluster.n_clusters * 2}}),
+    ("hard tokens", lambda c: {"model": {"hard_tokens": True}}),
+    ("c=0.5", lambda c: {"graph": {"c": 0.5}}),
+    ("c=2", lambda c: {"graph": {"c": 2.0}}),
 ]
 TOP_B = (1, 2, 4, 8)
+
+
+def summarise_variant(runs: list[dict]) -> dict:
+    """Per-seed ablation entries of one variant -> mean and std of validation and test NDCG@10 and
+    Recall@10 (history excluded), and the runs."""
+    def stat(fn, get) -> float:
+        return float(fn([get(r) for r in runs]))
+
+    figures = {"valid_ndcg@10": lambda r: r["valid_ndcg@10"], "test_ndcg@10": lambda r: r["test"]["ndcg@10"],
+               "test_recall@10": lambda r: r["test"]["recall@10"]}
+    return {**{k: stat(np.mean, g) for k, g in figures.items()}, "std": {k: stat(np.std, g) for k, g in figures.items()},
+            "seeds": [r["seed"] for r in runs], "overrides": runs[0]["overrides"], "runs": runs}
+
+
+def add_ablation_run(old: dict | None, header: dict, label: str, entry: dict) -> dict:
+    """The ablation file `old` with one seed's `entry` of variant `label` added: a variant's seeds
+    are summarised together while its overrides stay the same (the newer run wins a seed)."""
+    variants = dict((old or {}).get("variants", {}))
+    previous = variants.get(label, {})
+    kept = previous.get("runs", []) if previous.get("overrides") == entry["overrides"] else []
+    runs = {r["seed"]: r for r in kept} | {entry["seed"]: entry}
+    variants[label] = summarise_variant([runs[k] for k in sorted(runs)])
+    return {**(old or {}), **header, "variants": variants}
 
 
 @click.command("ablation")
@@ -171,39 +198,47 @@ TOP_B = (1, 2, 4, 8)
 @click.option("--epochs", type=int, default=None,
               help="train every variant for exactly this many epochs (a fair cap on a loaded machine; the time cap still applies)")
 @click.option("--only", default=None, help="comma-separated labels to run (default: all)")
+@click.option("--seeds", type=int, default=1, show_default=True)
+@click.option("--first-seed", type=int, default=0, show_default=True, help="split seeds over processes; one file collects them")
 @click.option("--threads", type=int, default=2, show_default=True)
-def ablation(dataset, minutes, epochs, only, threads):
-    """G2Rec variants (rho, K, soft/hard tokens, sampling constant c, B), one seed each, side by side."""
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="default bench/results/ablation-<dataset>.json")
+def ablation(dataset, minutes, epochs, only, seeds, first_seed, threads, out):
+    """G2Rec variants (interest loss, lr, context, semantic items, rho, K, hard tokens, sampling
+    constant c, B) over seeds, side by side."""
     from g2rec.config import deep_merge, override
     from g2rec.train import evaluate_mixtures
 
-    path = RESULTS / f"ablation-{dataset}.json"
-    header = {"dataset": dataset, "protocol": PROTOCOL, "hardware": hardware(threads), "minutes_per_variant": minutes, "epochs_per_variant": epochs,
-              "note": "one seed, capped training; compare variants with each other, not with quality-*.json"}
+    path = Path(out) if out else RESULTS / f"ablation-{dataset}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {"dataset": dataset, "protocol": PROTOCOL, "hardware": hardware(threads), "minutes_per_variant": minutes,
+              "epochs_per_variant": epochs, "note": "capped training; compare variants with each other, not with quality-*.json"}
     wanted = set(only.split(",")) if only else None
-    for label, over in ABLATIONS:
+    base = preset(dataset, "g2rec", data_root())
+    for label, alternative in ABLATIONS:
         if wanted and label not in wanted:
             continue
-        budget = {"max_minutes": minutes, **({"epochs": epochs, "patience": epochs} if epochs is not None else {})}
-        cfg = override(preset(dataset, "g2rec", data_root()), deep_merge(over, {"train": budget, "threads": threads}), label)
-        res = run(cfg)
-        entry = {"valid_ndcg@10": res.metrics["valid"]["masked"]["ndcg@10"], "test": res.metrics["test"]["masked"],
-                 "test_unmasked": res.metrics["test"]["unmasked"], "train_seconds": res.metrics["train_seconds"],
-                 "best_epoch": res.metrics["best_epoch"], "epochs_run": res.metrics["epochs_run"], "curve": res.metrics["curve"],
-                 "direct_weight_search": res.metrics.get("direct_weight_search"),
-                 "cluster_report": res.metrics.get("cluster_report"), "overrides": over}
-        if label == "base":
-            # B changes inference only: re-score the trained base model, with the pure interest path
-            # (direct weight 0) and with the direct weight chosen on validation.
-            chosen = res.model.cfg.direct_weight
-            entry["by_top_b"] = {}
-            for b in TOP_B:
-                res.model.cfg = replace(res.model.cfg, top_b=b)
-                v, t = (evaluate_mixtures(res.model, res.split, stage, [0.0, chosen]) for stage in ("valid", "test"))
-                entry["by_top_b"][str(b)] = {f"direct_weight={w}": {"valid_ndcg@10": v[w]["masked"]["ndcg@10"], "test": t[w]["masked"]}
-                                             for w in (0.0, chosen)}
-        update_json(path, lambda old: {**(old or {}), **header, "variants": {**(old or {}).get("variants", {}), label: entry}})
-        click.echo(f"{label}: valid NDCG@10 {entry['valid_ndcg@10']:.4f} test NDCG@10 {entry['test']['ndcg@10']:.4f}")
+        over = alternative(base)
+        for seed in range(first_seed, first_seed + seeds):
+            budget = {"max_minutes": minutes, "seed": seed, **({"epochs": epochs, "patience": epochs} if epochs is not None else {})}
+            cfg = override(base, deep_merge(over, {"train": budget, "threads": threads}), label)
+            res = run(cfg)
+            m = res.metrics
+            entry = {"seed": seed, "valid_ndcg@10": m["valid"]["masked"]["ndcg@10"], "test": m["test"]["masked"],
+                     "test_unmasked": m["test"]["unmasked"], "train_seconds": m["train_seconds"], "best_epoch": m["best_epoch"],
+                     "epochs_run": m["epochs_run"], "curve": m["curve"], "direct_weight_search": m.get("direct_weight_search"),
+                     "cluster_report": m.get("cluster_report"), "overrides": over}
+            if label == "base":
+                # B changes inference only: re-score the trained base model, with the pure interest path
+                # (direct weight 0) and with the direct weight chosen on validation.
+                chosen = res.model.cfg.direct_weight
+                entry["by_top_b"] = {}
+                for b in TOP_B:
+                    res.model.cfg = replace(res.model.cfg, top_b=b)
+                    v, t = (evaluate_mixtures(res.model, res.split, stage, [0.0, chosen]) for stage in ("valid", "test"))
+                    entry["by_top_b"][str(b)] = {f"direct_weight={w}": {"valid_ndcg@10": v[w]["masked"]["ndcg@10"], "test": t[w]["masked"]}
+                                                 for w in (0.0, chosen)}
+            update_json(path, lambda old, label=label, entry=entry: add_ablation_run(old, header, label, entry))
+            click.echo(f"{label} seed {seed}: valid NDCG@10 {entry['valid_ndcg@10']:.4f} test NDCG@10 {entry['test']['ndcg@10']:.4f}")
     click.echo(f"-> {path}")
 
 
