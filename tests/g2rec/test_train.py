@@ -132,3 +132,30 @@ def test_mixed_precision_fit_on_cuda_learns_and_hands_the_model_back_on_the_cpu(
     fit(model, split, TrainConfig(epochs=4, eval_every=1, progress=False, device="cuda", precision=precision))
     assert model.item_emb.weight.device.type == "cpu"
     assert evaluate(model, split, "valid")["masked"]["ndcg@10"] > before
+
+
+def test_mixture_ranks_equal_the_reference_below_the_cap_with_ties_underflow_and_excluded_items():
+    from g2rec.metrics import target_ranks
+    from g2rec.model import mix_probs
+    from g2rec.ranking import exclude_seen
+    from g2rec.train import mixture_ranks
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(64, 300, generator=g), torch.rand(64, 300, generator=g)
+    a[:, 100:150] = 0.0  # underflowed probabilities tie at 0
+    b[:, 120:170] = 0.0
+    b[:, 200:210] = a[:, 200:210]  # exact ties across the parts
+    a[:, 0] = b[:, 0] = 0.0  # the padding column
+    targets = torch.randint(1, 300, (64,), generator=g)
+    targets[:8] = 130  # a target at 0 in both parts
+    hist = [np.array([int(targets[i])]) if i % 5 == 0 else np.arange(1, 1 + i % 7) for i in range(64)]
+    for excluded in (False, True):
+        if excluded:
+            exclude_seen(a, hist)
+            exclude_seen(b, hist)
+        weights = [0.0, 0.3, 0.5, 0.9, 0.99]
+        for cap in (20, 301):  # 301: every rank exact
+            fast = mixture_ranks(a, b, targets, weights, cap)
+            for w in weights:
+                ref = target_ranks(mix_probs(a, b, w), targets, None)
+                assert torch.equal(torch.minimum(fast[w], torch.tensor(cap)), torch.minimum(ref, torch.tensor(cap))), (excluded, w, cap)
