@@ -20,6 +20,7 @@ mixed with the direct head's P(item | h) at weight direct_weight.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -103,20 +104,98 @@ def mix_probs(via_interest: torch.Tensor, direct: torch.Tensor, direct_weight: f
     return (1 - direct_weight) * via_interest + direct_weight * direct
 
 
-def log_matmul_exp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """log sum_s exp(a[p, s] + b[k, s]), a (P, S), b (K, S) -> (P, K): a logsumexp over every
-    pair of rows as one matmul of their exponentials, each row shifted by its maximum.
+def pair_dots(a: torch.Tensor, b: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """a (P, S), b (K, S), idx (P, J) -> (P, J): a[p] . b[idx[p, j]], as a sampled dense-dense
+    matmul that computes those P*J dot products only (a CSR pattern of J sorted columns per row).
 
-    >>> a, b = torch.randn(3, 5), torch.randn(2, 5)
-    >>> ref = (a.unsqueeze(1) + b.unsqueeze(0)).logsumexp(-1)
-    >>> torch.allclose(log_matmul_exp(a, b), ref, atol=1e-5)
+    >>> a, b, idx = torch.randn(3, 5), torch.randn(4, 5), torch.tensor([[2, 0], [1, 3], [3, 0]])
+    >>> torch.allclose(pair_dots(a, b, idx), (a.unsqueeze(1) * b[idx]).sum(-1), atol=1e-6)
     True
     """
-    ma, mb = a.amax(1, keepdim=True).detach(), b.amax(1, keepdim=True).detach()
-    # The sum is at least exp(-spread) of either row (at the other's maximum), so it underflows
-    # only when both rows spread over more than float32's ~87 nats; the floor keeps that finite.
-    s = (a - ma).exp() @ (b - mb).exp().t()
-    return s.clamp_min(torch.finfo(s.dtype).tiny).log() + ma + mb.t()
+    P, J = idx.shape
+    cols, order = idx.sort(1)
+    rows = torch.arange(0, P * J + 1, J, device=idx.device)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta", once per process
+        warnings.simplefilter("ignore", UserWarning)
+        pattern = torch.sparse_csr_tensor(rows, cols.reshape(-1), a.new_zeros(P * J), (P, b.shape[0]),
+                                          check_invariants=False)
+    dots = torch.sparse.sampled_addmm(pattern, a, b.t()).values().view(P, J)
+    return torch.empty_like(dots).scatter_(1, order, dots)
+
+
+def pair_weights(c: torch.Tensor, idx: torch.Tensor, k: int) -> torch.Tensor:
+    """c (P, J) weights of the rows idx (P, J) of a (k, S) table -> the sparse (P, k) matrix W
+    with W[p, idx[p, j]] += c[p, j]: W @ table = sum_j c[p, j] table[idx[p, j]] without the
+    (P, J, S) gather, and W.t() @ x scatters back into the table's rows.
+
+    >>> c, idx, table = torch.rand(3, 2), torch.tensor([[2, 0], [1, 3], [3, 0]]), torch.randn(4, 5)
+    >>> ref = (c.unsqueeze(-1) * table[idx]).sum(1)
+    >>> torch.allclose(torch.sparse.mm(pair_weights(c, idx, 4), table), ref, atol=1e-6)
+    True
+    """
+    P, J = idx.shape
+    rows = torch.arange(P, device=idx.device).repeat_interleave(J)
+    return torch.sparse_coo_tensor(torch.stack([rows, idx.reshape(-1)]), c.reshape(-1), (P, k), check_invariants=False).coalesce()
+
+
+class LogMatmulExpAt(torch.autograd.Function):
+    """log sum_s exp(a[p, s] + b[idx[p, j], s]), a (P, S), b (K, S), idx (P, J) -> (P, J): for
+    each row of a, a logsumexp with J chosen rows of b, as dot products of exp(a - row max) and
+    exp(b - row max). Forward and backward touch the J chosen pairs only (pair_dots, then two
+    sparse products with pair_weights), so they cost P*J*S, not the P*K*S of a dense matmul and
+    its two gradient matmuls (bench/README.md). Computed in float32; a sum underflows only where
+    both rows spread over more than ~87 nats (the floor keeps it finite).
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(a.device.type, enabled=False):
+            ma, mb = a.detach().float().amax(1, keepdim=True), b.detach().float().amax(1, keepdim=True)
+            ea, eb = (a.float() - ma).exp(), (b.float() - mb).exp()  # (P, S), (K, S)
+            s = pair_dots(ea, eb, idx).clamp_min(torch.finfo(torch.float32).tiny)  # (P, J)
+        ctx.save_for_backward(ea, eb, idx, s)
+        ctx.dtypes = (a.dtype, b.dtype)
+        return s.log() + ma + mb.squeeze(1)[idx]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        # d out[p, j] / d a[p, s] = ea[p, s] eb[k, s] / s[p, j] with k = idx[p, j]; likewise for b.
+        ea, eb, idx, s = ctx.saved_tensors
+        w = pair_weights(grad.float() / s, idx, eb.shape[0])  # (P, K), J per row
+        ga = (ea * torch.sparse.mm(w, eb)).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
+        gb = (eb * torch.sparse.mm(w.t().coalesce(), ea)).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
+        return ga, gb, None
+
+
+def log_matmul_exp_at(a: torch.Tensor, b: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """log sum_s exp(a[p, s] + b[idx[p, j], s]) -> (P, J); see LogMatmulExpAt.
+
+    >>> a, b, idx = torch.randn(3, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64), torch.tensor([[0, 2], [1, 3], [3, 0]])
+    >>> ref = (a.unsqueeze(1) + b[idx]).logsumexp(-1)
+    >>> torch.allclose(log_matmul_exp_at(a, b, idx).double(), ref, atol=1e-5)
+    True
+    """
+    return LogMatmulExpAt.apply(a, b, idx)
+
+
+def tilted_mixture(e: torch.Tensor, table: torch.Tensor, top_k: torch.Tensor, prior: torch.Tensor,
+                   reference: bool = False) -> torch.Tensor:
+    """The fused layout's interest path in probability space: e (B, N) = exp(base - row max),
+    table (K, N) = exp(T_k - row max), top_k and prior (B, Bk) -> (B, N)
+    sum_j prior[j] softmax(base + T_kj) = e * sum_j (prior[j] / z_j) table[k_j], z_j = e . table[k_j].
+    Eager, by pair_dots and pair_weights (B*Bk*N work, no (B, Bk, N) gather); when traced for
+    export (sparse ops do not export to ONNX) or with reference, the gathered rows.
+
+    >>> e, table, top_k, prior = torch.rand(3, 6), torch.rand(4, 6), torch.tensor([[0, 2], [3, 1], [1, 0]]), torch.rand(3, 2)
+    >>> torch.allclose(tilted_mixture(e, table, top_k, prior), tilted_mixture(e, table, top_k, prior, reference=True), atol=1e-6)
+    True
+    """
+    if reference or torch.compiler.is_compiling():
+        x = table[top_k]  # (B, Bk, N)
+        coef = prior / (x @ e.unsqueeze(-1)).squeeze(-1)  # prior / normaliser, (B, Bk)
+        return e * (coef.unsqueeze(1) @ x).squeeze(1)
+    coef = prior / pair_dots(e, table, top_k)
+    return e * torch.sparse.mm(pair_weights(coef, top_k, table.shape[0]), table)
 
 
 class SelfAttention(nn.Module):
@@ -356,11 +435,11 @@ class G2RecModel(nn.Module):
         prior = F.log_softmax(top_v, dim=-1)
         t_y = (self.tilt_emb(top_k) * self.item_vectors(y).unsqueeze(1)).sum(-1)  # (P, Bk)
         pos = logits.gather(1, target.view(-1, 1)) + t_y  # the target's tilted logit, (P, Bk)
-        # The normaliser of every tilt at once as one matmul in exp space (a (P, Bk, M) tensor of
-        # tilted logits and its backward cost 3x more; bench/README.md).
+        # The normaliser of the top-B tilts as one matmul in exp space, its gradient through the
+        # top-B pairs only (a (P, Bk, M) tensor of tilted logits cost 3x more; bench/README.md).
         sampled = self.cfg.n_negatives > 0  # column 0 holds each row's own target: added apart
-        norm = log_matmul_exp(logits[:, 1:] if sampled else logits,
-                              self.tilt_emb.weight @ (vectors[1:] if sampled else vectors).t()).gather(1, top_k)
+        norm = log_matmul_exp_at(logits[:, 1:] if sampled else logits,
+                                 self.tilt_emb.weight @ (vectors[1:] if sampled else vectors).t(), top_k)
         if sampled:
             norm = torch.logaddexp(pos, norm)
         return -(prior + pos - norm).logsumexp(-1).mean()
@@ -522,10 +601,8 @@ class G2RecModel(nn.Module):
             # softmax(base + T_k) = E * X_k / (E . X_k), E = exp(base - max), X_k = exp(T_k - max_k):
             # one exp per user and item, the (K, N) table X a constant of the exported graph.
             e = (base - base.amax(-1, keepdim=True)).exp()  # (B, N)
-            x = (self.tilt_exp() if tilt_exp is None else tilt_exp)[top_k]  # (B, Bk, N)
-            z = (x @ e.unsqueeze(-1)).squeeze(-1)  # (B, Bk)
-            coef = F.softmax(top_v, dim=-1) / z  # prior / normaliser, (B, Bk)
-            return e * (coef.unsqueeze(1) @ x).squeeze(1), e / e.sum(-1, keepdim=True)
+            table = self.tilt_exp() if tilt_exp is None else tilt_exp  # (K, N)
+            return tilted_mixture(e, table, top_k, F.softmax(top_v, dim=-1)), e / e.sum(-1, keepdim=True)
         h, h2, top_v = self._interleaved_tails(history)
         prior = F.softmax(top_v, dim=-1)
         return (prior.unsqueeze(1) @ F.softmax(h2 @ items.t(), dim=-1)).squeeze(1), F.softmax(h @ items.t(), dim=-1)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from g2rec.model import G2RecModel, ModelConfig
+from g2rec.model import G2RecModel, ModelConfig, log_matmul_exp_at
 
 N, K, RHO = 30, 6, 2
 
@@ -153,3 +153,21 @@ def test_fused_training_reads_the_context_before_the_window():
     with_context = m.loss(torch.cat([torch.tensor([[5, 6]]), window], 1))[0]
     assert not torch.allclose(with_context, m.loss(window)[0])
     assert torch.allclose(m.loss(torch.cat([torch.tensor([[0, 0]]), window], 1))[0], m.loss(window)[0])
+
+
+def test_log_matmul_exp_at_gradients_match_the_literal_logsumexp():
+    """The sparse backward of log_matmul_exp_at against autograd through the literal (P, J, S)
+    form, with -inf entries (masked candidates) and the same b row chosen by several rows."""
+    a, b = torch.randn(6, 9, dtype=torch.float64), torch.randn(5, 9, dtype=torch.float64)
+    a[1, 3] = -torch.inf
+    idx = torch.tensor([[0, 1], [4, 0], [2, 3], [0, 4], [1, 2], [3, 0]])
+    g = torch.randn(6, 2, dtype=torch.float64)
+    grads = []
+    for f in (log_matmul_exp_at, lambda a, b, idx: (a.unsqueeze(1) + b[idx]).logsumexp(-1)):
+        x, y = a.clone().requires_grad_(), b.clone().requires_grad_()
+        out = f(x, y, idx)
+        out.backward(g)
+        grads.append((out.detach().double(), x.grad, y.grad))
+    for fast, ref in zip(*grads):
+        assert torch.allclose(fast, ref, atol=1e-5)
+    assert grads[0][1][1, 3] == 0
