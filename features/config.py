@@ -11,6 +11,7 @@ Environment read by `from_env` (all optional):
     G2REC_PG_HOST, G2REC_PG_PORT, G2REC_PG_DB, G2REC_PG_USER, G2REC_PG_PASSWORD, G2REC_PG_SSLMODE
     G2REC_FEAST_REGISTRY  SQLAlchemy URL of the Feast registry (default sqlite under data/)
     G2REC_FEATURES_DB     SQLAlchemy URL of the version metadata DB (default sqlite under data/)
+    G2REC_HISTORY_LEN     events kept per user in user_recent_history (default 250)
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ class PostgresSettings:
 class StoreConfig:
     """The g2rec feature store. `root` holds data/ (online.db, registry.db, metadata.db, offline/).
 
-    history_len: how many recent events a user's history keeps in the online store.
+    history_len: how many recent events a user's history keeps in the online store. The default
+        is what the G2Rec preset reads (its 50-item window and 200 older items as context), so a
+        user served by id is scored on as much history as in training.
     registry_url / metadata_url: SQLAlchemy URLs; None means SQLite files under root/data.
     """
 
@@ -59,7 +62,7 @@ class StoreConfig:
     registry_url: str | None = None
     metadata_url: str | None = None
     project: str = "g2rec"
-    history_len: int = 50
+    history_len: int = 250
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root).resolve())
@@ -142,5 +145,9 @@ class StoreConfig:
             kw["registry_url"] = env["G2REC_FEAST_REGISTRY"]
         if "G2REC_FEATURES_DB" in env:
             kw["metadata_url"] = env["G2REC_FEATURES_DB"]
+        if "G2REC_HISTORY_LEN" in env:
+            if not env["G2REC_HISTORY_LEN"].isdigit():
+                raise ConfigError(f"G2REC_HISTORY_LEN={env['G2REC_HISTORY_LEN']!r}", "is not a whole number")
+            kw["history_len"] = int(env["G2REC_HISTORY_LEN"])
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kw)

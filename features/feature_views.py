@@ -92,6 +92,7 @@ user_recent_history = FeatureView(
         Field(name="user_id", dtype=Int64),
         Field(name="item_ids", dtype=Array(Int64), description="recent item ids, oldest first"),
         Field(name="timestamps", dtype=Array(Int64), description="their event times, unix seconds"),
+        Field(name="position", dtype=Int64, description="the user's events seen by the stream worker so far"),
     ],
     source=user_history_push,
     online=True,

@@ -4,19 +4,21 @@ in the online store, one bulk write per batch.
 It implements streaming.sink.HistorySink: `write(updates)` with one streaming.sink.UserHistoryUpdate
 per user whose window changed in a checkpoint (the new events' item ids and unix-second
 timestamps, the worker's window of the user's last items after them, and those items' times).
-The stored history is the user's last `max_len` events, oldest first; the worker's window is the
+The stored history is the user's last `max_len` events, oldest first, with `position`, the number
+of events the worker had seen for the user when it wrote the row. The worker's window is the
 authority for it:
 
 - the window holds the last max_len events (or all of them) and their times are known: the
-  window is written as the history, without reading the store (the normal case). Writing the
-  same window again (a replay after a crash before the commit) changes nothing;
-- otherwise (the window's times are unknown because the worker reloaded it from its store, or
-  the window is shorter than max_len) the stored history is read and the new events appended:
-  - appended tail equals the window: write it;
-  - stored tail already equals the window: this checkpoint was applied before a crash and is
-    being replayed, so nothing is written (replays are exact, not doubled);
-  - neither (the store lost the row, or was written by someone else): start over from the
+  window is written as the history, without reading the store (the normal case while a user's
+  events fit in the window). Writing the same window again (a replay) changes nothing;
+- otherwise (the history is longer than the window, or the window's times are unknown because the
+  worker reloaded it from its store) the stored row is read, and the update's position decides:
+  - stored position = the position before the update's events: append them;
+  - stored position >= the update's: this checkpoint was applied before a crash and is being
+    replayed, so nothing is written (replays are exact, not doubled);
+  - an older position (the store lost a write, or the row is missing): start over from the
     window; items whose time is not known get timestamp -1, meaning unknown.
+  Rows without a position (pushed by hand) are matched by comparing their tail with the window.
 
 Updates without a window (any object with user_id, item_ids, timestamps) are appended as is.
 The sink must be the only writer of a user's row (the stream partitions events by user).
@@ -31,7 +33,7 @@ import numpy as np
 
 from .backends import Column
 from .config import StoreConfig
-from .encoding import checked_entity_keys, int64_list_values, int64_ragged_values
+from .encoding import checked_entity_keys, int64_list_values, int64_ragged_values, int64_values
 from .store import FeatureRepo
 
 VIEW = "user_recent_history"
@@ -86,34 +88,46 @@ class FeastHistorySink:
         times[keep] = np.concatenate([np.asarray(u.window_times)[len(u.window) - m:]
                                       for u, m in zip(ups, lengths.tolist())])
         self._write(list(latest), {"item_ids": Column(int64_list_values(items, keep)),
-                                   "timestamps": Column(int64_list_values(times, keep))})
+                                   "timestamps": Column(int64_list_values(times, keep)),
+                                   "position": self._positions([u.position for u in ups])})
         self.overwritten += len(ups)
 
     def _merge(self, batch: dict[int, list[Any]]) -> None:
         users = list(batch)
         keys = checked_entity_keys({"user_id": np.array(users, np.int64)})
-        stored = self.repo.read(VIEW, keys, ["item_ids", "timestamps"])
-        out_users, out_items, out_times = [], [], []
+        stored = self.repo.read(VIEW, keys, ["item_ids", "timestamps", "position"])
+        out_users, out_items, out_times, out_positions = [], [], [], []
         for user, row in zip(users, stored):
-            items = list(row["item_ids"].int64_list_val.val) if row else []
-            times = list(row["timestamps"].int64_list_val.val) if row else []
-            before = (items, times)
+            items = list(row["item_ids"].int64_list_val.val) if row and "item_ids" in row else []
+            times = list(row["timestamps"].int64_list_val.val) if row and "timestamps" in row else []
+            # None: a row written without one (by hand); 0: no row, nothing applied yet.
+            position = (row["position"].int64_val if "position" in row else None) if row else 0
+            before = (items, times, position)
             for u in batch[user]:
-                items, times = self._apply(items, times, u)
-            if (items, times) != before:
+                items, times = self._apply(items, times, position, u)
+                if getattr(u, "position", None) is not None:
+                    position = max(position or 0, int(u.position))
+            if (items, times, position) != before:
                 out_users.append(user)
                 out_items.append(items)
                 out_times.append(times)
+                out_positions.append(position)
         self.merged += len(users)
         if out_users:
             self._write(out_users, {"item_ids": Column(int64_ragged_values(out_items)),
-                                    "timestamps": Column(int64_ragged_values(out_times))})
+                                    "timestamps": Column(int64_ragged_values(out_times)),
+                                    "position": self._positions(out_positions)})
+
+    @staticmethod
+    def _positions(positions: list[int]) -> Column:
+        return Column(int64_values(np.array(positions, np.int64)), [str(p) for p in positions])
 
     def _write(self, users: list[int], columns: dict[str, Column]) -> None:
         keys = checked_entity_keys({"user_id": np.array(users, np.int64)})
         self.repo.backend.write(self.repo.view(VIEW), keys, columns, datetime.now(timezone.utc))
 
-    def _apply(self, items: list[int], times: list[int], u: Any) -> tuple[list[int], list[int]]:
+    def _apply(self, items: list[int], times: list[int], position: int | None, u: Any) -> tuple[list[int], list[int]]:
+        """The history after update u, given the stored one and its position (None: unknown)."""
         new_items = np.asarray(u.item_ids).tolist()
         new_times = np.floor(np.asarray(u.timestamps, dtype=np.float64)).astype(np.int64).tolist()
         window = getattr(u, "window", None)
@@ -122,9 +136,15 @@ class FeastHistorySink:
         if not window:
             return cat_items[-self.max_len:], cat_times[-self.max_len:]
         k = len(window)
-        if cat_items[-k:] == window:
+        if position is not None:
+            if position >= u.position:
+                self.replays_skipped += 1
+                return items, times
+            if position == u.position - len(new_items):
+                return cat_items[-self.max_len:], cat_times[-self.max_len:]
+        elif cat_items[-k:] == window:
             return cat_items[-self.max_len:], cat_times[-self.max_len:]
-        if new_items and items[-k:] == window:
+        elif new_items and items[-k:] == window:
             self.replays_skipped += 1
             return items, times
         self.restarts += 1

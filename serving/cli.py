@@ -136,7 +136,13 @@ def serve(run_dir, watch_dir, registry_url, cache_dir, poll_seconds, host, port,
     if features:
         from features.config import StoreConfig
 
-        histories = feature_store_histories(StoreConfig.from_env())
+        store = StoreConfig.from_env()
+        if store.history_len < rec.max_len:
+            logging.getLogger("g2rec.serving").warning(
+                "the feature store keeps %d events per user and model %s reads up to %d: users looked up by "
+                "id are scored on less history than in training (set G2REC_HISTORY_LEN=%d for the stream "
+                "worker and this server)", store.history_len, rec.version, rec.max_len, rec.max_len)
+        histories = feature_store_histories(store)
     config = HttpConfig(Limits(max_batch=max_batch), max_body_bytes, body_timeout, os.environ.get(TOKEN_ENV) or None)
     app = make_app(handle, histories, config)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)

@@ -30,11 +30,23 @@ def test_environment_picks_backend_and_servers(tmp_path):
     assert StoreConfig.from_env({"G2REC_FEAST_ONLINE": "redis"}, online="sqlite").online == "sqlite"
 
 
+def test_history_length_comes_from_the_environment_and_covers_what_the_presets_read(tmp_path):
+    from training.presets import preset
+
+    assert StoreConfig.from_env({"G2REC_HISTORY_LEN": "80"}, root=tmp_path).history_len == 80
+    read = max(preset(d, m).model.input_len for d in ("beauty", "lastfm", "ml-100k") for m in ("items", "g2rec"))
+    assert StoreConfig(root=tmp_path).history_len == read == 250
+
+
 def test_bad_settings_name_themselves(tmp_path):
     with pytest.raises(ValueError, match="G2REC_FEAST_ONLINE"):
         StoreConfig.from_env({"G2REC_FEAST_ONLINE": "dynamo"})
     with pytest.raises(ValueError, match="G2REC_PG_PORT"):
         StoreConfig.from_env({"G2REC_PG_PORT": "five"})
+    with pytest.raises(ValueError, match="G2REC_HISTORY_LEN"):
+        StoreConfig.from_env({"G2REC_HISTORY_LEN": "-3"})
+    with pytest.raises(ValueError, match="history_len=0"):
+        StoreConfig.from_env({"G2REC_HISTORY_LEN": "0"})
     with pytest.raises(ValueError, match="online="):
         StoreConfig(root=tmp_path, online="mongo")
     with pytest.raises(ValueError, match="redis="):

@@ -168,6 +168,25 @@ def test_history_sink_merges_with_the_stored_history_where_window_times_are_unkn
     assert h.items[0].tolist() == [10, 11, 12, 13] and h.times[0].tolist() == [100, 101, 102, 103]
 
 
+def test_history_sink_keeps_more_than_the_workers_window_and_replays_are_exact(repo):
+    sink = FeastHistorySink(repo, max_len=5)
+    w = Worker(window=2, timed=True)
+    for n in range(6):
+        sink.write([w.update(1, [n], [100 + n])])
+    batch = [w.update(1, [6, 7], [106, 107])]
+    sink.write(batch)
+    sink.write(batch)  # redelivered after a crash before the checkpoint commit
+    assert sink.replays_skipped == 1
+    repeat = [w.update(2, [9], [200 + n]) for n in range(3)]  # the same item again and again
+    for u in repeat:
+        sink.write([u])
+    sink.write(repeat[-1:])  # a replay that looks like a new event by its items alone
+    assert sink.replays_skipped == 2
+    h = FeatureLookup(repo).histories([1, 2])
+    assert h.items[0].tolist() == [3, 4, 5, 6, 7] and h.times[0].tolist() == [103, 104, 105, 106, 107]
+    assert h.items[1].tolist() == [9, 9, 9]
+
+
 def test_history_sink_restarts_from_the_window_when_the_store_lost_the_row(repo):
     w = Worker(window=3)
     w.update(7, [1, 2, 3], [1, 2, 3])  # seen by the worker, never reached this store
@@ -181,7 +200,8 @@ def test_history_sink_restarts_from_the_window_when_the_store_lost_the_row(repo)
 def test_feast_push_and_the_sink_write_the_same_rows(repo):
     now = datetime.now(timezone.utc)
     repo.store.push("user_history_push", pd.DataFrame({
-        "user_id": [5], "item_ids": [[1, 2, 3]], "timestamps": [[10, 20, 30]], "event_timestamp": [now],
+        "user_id": [5], "item_ids": [[1, 2, 3]], "timestamps": [[10, 20, 30]], "position": [3],
+        "event_timestamp": [now],
     }))
     lookup = FeatureLookup(repo)
     h = lookup.histories([5])

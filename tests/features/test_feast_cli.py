@@ -76,7 +76,7 @@ def test_feast_serve_answers_on_loopback_over_http(tmp_path):
         # 3. a push over HTTP lands where g2rec's lookup reads histories
         _post(f"{server.url}/push", {
             "push_source_name": "user_history_push", "to": "online",
-            "df": {"user_id": [9], "item_ids": [[3, 4]], "timestamps": [[30, 40]],
+            "df": {"user_id": [9], "item_ids": [[3, 4]], "timestamps": [[30, 40]], "position": [2],
                    "event_timestamp": [datetime.now(timezone.utc).isoformat()]},
         })
     finally:
