@@ -18,7 +18,7 @@ authority for it:
     replayed, so nothing is written (replays are exact, not doubled);
   - an older position (the store lost a write, or the row is missing): start over from the
     window; items whose time is not known get timestamp -1, meaning unknown.
-  Rows without a position (pushed by hand) are matched by comparing their tail with the window.
+  Rows with a null position (pushed by another service) are matched by comparing their tail with the window.
 
 Updates without a window (any object with user_id, item_ids, timestamps) are appended as is.
 The sink must be the only writer of a user's row (the stream partitions events by user).
@@ -100,8 +100,9 @@ class FeastHistorySink:
         for user, row in zip(users, stored):
             items = list(row["item_ids"].int64_list_val.val) if row and "item_ids" in row else []
             times = list(row["timestamps"].int64_list_val.val) if row and "timestamps" in row else []
-            # None: a row written without one (by hand); 0: no row, nothing applied yet.
-            position = (row["position"].int64_val if "position" in row else None) if row else 0
+            # None: a row written without one (pushed with a null position); 0: no row, nothing applied yet.
+            has_position = row and "position" in row and row["position"].WhichOneof("val") == "int64_val"
+            position = row["position"].int64_val if has_position else (None if row else 0)
             before = (items, times, position)
             for u in batch[user]:
                 items, times = self._apply(items, times, position, u)

@@ -218,6 +218,19 @@ def test_feast_push_and_the_sink_write_the_same_rows(repo):
     assert got["timestamps"] == [[10, 20, 30, 40], [70]]
 
 
+def test_a_pushed_row_without_a_position_is_merged_by_its_tail(repo):
+    # Feast pushes every feature of the view: a pusher that does not know the position leaves it null.
+    repo.store.push("user_history_push", pd.DataFrame({
+        "user_id": [5], "item_ids": [[1, 2, 3, 4, 5]], "timestamps": [[1, 2, 3, 4, 5]],
+        "position": pd.array([None], dtype="Int64"), "event_timestamp": [datetime.now(timezone.utc)],
+    }))
+    w = Worker(window=2)
+    w.update(5, [4, 5], [4, 5])
+    sink = FeastHistorySink(repo, max_len=10)
+    sink.write([w.update(5, [6], [6])])
+    assert FeatureLookup(repo).histories([5]).items[0].tolist() == [1, 2, 3, 4, 5, 6] and sink.restarts == 0
+
+
 def test_bad_input_is_rejected_naming_it(repo):
     p = stand_in_profiles(10, 2, 4, version=1)
     dup = dataclasses.replace(p, item_ids=np.array([0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9]))

@@ -97,7 +97,8 @@ def test_serve_answers_users_from_the_feature_store(run_dir, tmp_path):
     repo = FeatureRepo(StoreConfig(root=tmp_path))
     repo.apply()
     repo.store.push("user_history_push", pd.DataFrame({
-        "user_id": [5], "item_ids": [[30, 40]], "timestamps": [[1, 2]], "event_timestamp": [datetime.now(timezone.utc)],
+        "user_id": [5], "item_ids": [[30, 40]], "timestamps": [[1, 2]], "position": [2],
+        "event_timestamp": [datetime.now(timezone.utc)],
     }))
     repo.close()
     server = Server(run_dir, "--features", env={"G2REC_FEATURES_ROOT": str(tmp_path)})
