@@ -120,8 +120,11 @@ class FeastHistorySink:
                                     "position": self._positions(out_positions)})
 
     @staticmethod
-    def _positions(positions: list[int]) -> Column:
-        return Column(int64_values(np.array(positions, np.int64)), [str(p) for p in positions])
+    def _positions(positions: list[int | None]) -> Column:
+        """Position values; None (a row pushed without one, and updates that carry none) stays null."""
+        known = iter(int64_values(np.array([p for p in positions if p is not None], np.int64)))
+        values = [b"" if p is None else next(known) for p in positions]  # b"": an empty Value, read as null
+        return Column(values, [None if p is None else str(p) for p in positions])
 
     def _write(self, users: list[int], columns: dict[str, Column]) -> None:
         keys = checked_entity_keys({"user_id": np.array(users, np.int64)})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime, timezone
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -221,14 +222,21 @@ def test_feast_push_and_the_sink_write_the_same_rows(repo):
 def test_a_pushed_row_without_a_position_is_merged_by_its_tail(repo):
     # Feast pushes every feature of the view: a pusher that does not know the position leaves it null.
     repo.store.push("user_history_push", pd.DataFrame({
-        "user_id": [5], "item_ids": [[1, 2, 3, 4, 5]], "timestamps": [[1, 2, 3, 4, 5]],
-        "position": pd.array([None], dtype="Int64"), "event_timestamp": [datetime.now(timezone.utc)],
+        "user_id": [5, 6], "item_ids": [[1, 2, 3, 4, 5], [9]], "timestamps": [[1, 2, 3, 4, 5], [9]],
+        "position": pd.array([None, None], dtype="Int64"), "event_timestamp": [datetime.now(timezone.utc)] * 2,
     }))
     w = Worker(window=2)
     w.update(5, [4, 5], [4, 5])
     sink = FeastHistorySink(repo, max_len=10)
     sink.write([w.update(5, [6], [6])])
     assert FeatureLookup(repo).histories([5]).items[0].tolist() == [1, 2, 3, 4, 5, 6] and sink.restarts == 0
+    plain = [SimpleNamespace(user_id=u, item_ids=np.array([7]), timestamps=np.array([7.0])) for u in (5, 6, 8)]
+    sink.write(plain)  # updates without a window or a position are appended as they are
+    h = FeatureLookup(repo).histories([5, 6, 8])
+    assert [x.tolist() for x in h.items] == [[1, 2, 3, 4, 5, 6, 7], [9, 7], [7]]
+    got = repo.store.get_online_features(features=["user_recent_history:position"],
+                                         entity_rows=[{"user_id": u} for u in (5, 6, 8)]).to_dict()
+    assert got["position"] == [3, None, 0]  # the worker's count; still unknown for user 6; 0 for a new row
 
 
 def test_bad_input_is_rejected_naming_it(repo):
