@@ -25,7 +25,8 @@ RESULTS = Path(__file__).parent / "results"
 PROTOCOL = (
     "leave-one-out (last item test, second last validation), all items ranked, users with >= 3 "
     "interactions; top-level metrics exclude the user's input history from the ranking, 'unmasked' "
-    "keeps it; early stopping on validation NDCG@10 (history excluded); history cap 50"
+    "keeps it; early stopping on validation NDCG@10 (history excluded); item window 50 (G2Rec's preset also "
+    "reads up to 200 items before it, as interest tokens)"
 )
 
 
