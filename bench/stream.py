@@ -337,7 +337,7 @@ def _rss_phase(bootstrap: str, start, rss_events: int, rss_users: int, user_ttl:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default=str(REPO / "bench" / "results" / "stream.json"),
               show_default=True)
-@click.option("--hardware", default="2-core CPU dev machine, shared with three other agents' jobs (loaded)",
+@click.option("--hardware", default="2-core CPU dev machine, shared (the loadavg keys record the load)",
               show_default=True)
 @click.option("--rss-only", is_flag=True, default=False,
               help="Run only the rss phase; update the rss keys of the existing --out JSON and keep the others.")
@@ -519,7 +519,7 @@ def command(events: int, fresh_events: int, fresh_rate: float, partitions: int, 
         result["target_ratio"] = 0.40
         result["meets_ratio_target"] = result["ratio"] >= 0.40
         result["notes"] = (
-            "Machine shared with three other agents' jobs and loaded (2 cores; see loadavg): absolute rates "
+            "Shared 2-core machine (its load: the loadavg keys): absolute rates "
             "swing 2-3x between runs, compare ratios measured side by side in this file. "
             "events_per_s: one worker draining a backlog, first fetch to last committed checkpoint "
             "(counts, windows and offsets durable in the store); consume_ceiling_per_s: raw aiokafka getmany "
