@@ -52,7 +52,7 @@ def _ratio(a: float, b: float) -> float | None:
 @click.option("--finetune-minutes", type=float, default=1.0, show_default=True, help="cap on a fine-tune")
 @click.option("--out", type=click.Path(dir_okay=False), default=str(REPO / "bench" / "results" / "train-service.json"),
               show_default=True)
-@click.option("--hardware", default="2-core CPU dev machine (no GPU), shared with other agents' jobs and loaded",
+@click.option("--hardware", default="2-core CPU dev machine (no GPU), shared (the loadavg keys record the load)",
               show_default=True)
 def command(slices: str, full_minutes: float, finetune_epochs: int, finetune_minutes: float, out: str,
             hardware: str) -> None:
