@@ -51,12 +51,13 @@ def _ratio(a: float, b: float) -> float | None:
 @click.option("--finetune-epochs", type=int, default=2, show_default=True, help="epochs of a fine-tune")
 @click.option("--finetune-minutes", type=float, default=1.0, show_default=True, help="cap on a fine-tune")
 @click.option("--finetune-ema", type=float, default=None, help="weight-average decay of a fine-tune (default: the preset's)")
+@click.option("--finetune-lr", type=float, default=None, help="learning rate of a fine-tune (default: the preset's)")
 @click.option("--out", type=click.Path(dir_okay=False), default=str(REPO / "bench" / "results" / "train-service.json"),
               show_default=True)
 @click.option("--hardware", default="2-core CPU dev machine (no GPU), shared (the loadavg keys record the load)",
               show_default=True)
 def command(slices: str, full_minutes: float, finetune_epochs: int, finetune_minutes: float,
-            finetune_ema: float | None, out: str, hardware: str) -> None:
+            finetune_ema: float | None, finetune_lr: float | None, out: str, hardware: str) -> None:
     """Benchmark the training service's cycles; writes bench/results/train-service.json."""
     import torch
 
@@ -70,7 +71,7 @@ def command(slices: str, full_minutes: float, finetune_epochs: int, finetune_min
     from training import stages
     from training.presets import preset
     from registry import RegistryConfig
-    from training.service import ServiceConfig, TrainService
+    from training.service import ServiceConfig, TrainService, finetune_config
 
     torch.set_num_threads(2)
     logging.basicConfig(level=logging.WARNING)
@@ -91,12 +92,13 @@ def command(slices: str, full_minutes: float, finetune_epochs: int, finetune_min
                                                   max_minutes=full_minutes, progress=False))
     # The fine-tune's budget is counted in epochs, so the load of the shared machine does not change
     # what is trained (2 epochs; bench/README.md has the figures behind it).
-    finetune = replace(pipe.train, epochs=finetune_epochs, eval_every=1, patience=2, max_minutes=finetune_minutes,
-                       ema=pipe.train.ema if finetune_ema is None else finetune_ema)
+    finetune = replace(finetune_config(pipe.train, finetune_epochs, finetune_minutes),
+                       ema=pipe.train.ema if finetune_ema is None else finetune_ema,
+                       lr=pipe.train.lr if finetune_lr is None else finetune_lr)
     result: dict = {"hardware": hardware, "cpus": os.cpu_count(), "python": platform.python_version(),
                     "dataset": "ml-100k", "events": int(len(users)), "slices": cuts,
                     "budgets": {"full_retrain_minutes": full_minutes, "finetune_epochs": finetune_epochs,
-                                "finetune_minutes_cap": finetune_minutes, "finetune_ema": finetune.ema},
+                                "finetune_minutes_cap": finetune_minutes, "finetune_ema": finetune.ema, "finetune_lr": finetune.lr},
                     "loadavg_1m_at_start": round(os.getloadavg()[0], 2), "cycles": []}
     driver = StreamDriver(work / "stream", topic="bench-events", partitions=4, r=10, window=50,
                           bootstrap=broker.bootstrap)
@@ -137,6 +139,8 @@ def command(slices: str, full_minutes: float, finetune_epochs: int, finetune_min
             row["train_seconds"] = round(metrics["train_seconds"], 2)
             row["new_items"] = metrics["new_items"]
             row["gate_valid_ndcg10"] = metrics["valid"]["ndcg@10"]
+            if "champion_valid" in metrics:
+                row["champion_valid_ndcg10"] = metrics["champion_valid"]["ndcg@10"]
             if prev_profiles is not None:
                 # Warm and cold side by side on the same snapshot, resolution and warm profiles (the
                 # previous cycle's, as published), twice each alternating, the faster run kept: the

@@ -228,7 +228,7 @@ class Demo:
 
         budget = self.out / "service.json"
         budget.write_text(json.dumps(deep_merge({"pipeline": {"train": {"max_minutes": minutes, "clock": "wall"}},
-                                                 "finetune": {"max_minutes": minutes}}, self.cfg.service)))
+                                                 "finetune": {"max_minutes": minutes, "clock": "wall"}}, self.cfg.service)))
         cmd = self.g2rec("train-service", "--once", "--dataset", self.cfg.dataset, "--model", self.cfg.model,
                          "--work-dir", str(self.out / "train-service"), "--event-log", str(self.event_log),
                          "--store-url", self.store_url, "--bootstrap", self.bootstrap, "--topic", self.topic,

@@ -39,6 +39,9 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     ema: float = 0.0  # > 0: validate, early-stop and keep an exponential moving average of the weights at this decay per step
+    # also validate the starting weights (a fine-tune: never hand back weights worse on validation
+    # than the ones it started from)
+    validate_start: bool = False
     target_weighting: bool = False  # scale each batch's mean loss by its share of targets, so every target weighs the same
     device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda[:n]"; the trained model is handed back on the CPU
     # CUDA only (CPU trains in fp32): "auto" = bf16 autocast where supported, else fp16 autocast with
@@ -333,6 +336,13 @@ def fit(model: G2RecModel, split: LooSplit, cfg: TrainConfig) -> FitResult:
     curve: list[dict] = []
     start, cpu_start = time.time(), time.process_time()
     epoch = 0
+    if cfg.validate_start:
+        model.eval()
+        valid, weight = validate(model, split)
+        best, best_state, best_valid = valid["ndcg@10"], copy.deepcopy(model.state_dict()), valid
+        curve.append({"epoch": 0, "loss": None, "valid_ndcg@10": valid["ndcg@10"],
+                      **({"direct_weight": weight} if weight is not None else {}), "seconds": time.time() - start})
+        log.info("start: valid ndcg@10 %.4f recall@10 %.4f", valid["ndcg@10"], valid["recall@10"])
     bar = tqdm(total=cfg.epochs, disable=not cfg.progress, desc=f"train {model.cfg.mode}", unit="ep")
     for epoch in range(1, cfg.epochs + 1):
         model.train()

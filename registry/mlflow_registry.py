@@ -58,7 +58,8 @@ class RegistryConfig:
 class ModelVersion:
     """One registered version, with local paths of its files.
 
-    cycle: "store_id/snapshot_id" of the snapshot it was trained for; metrics: as logged
+    cycle: "store_id/snapshot_id" of the snapshot it was trained for; profile_version: the profile
+    version its interest tokens stand for (a fine-tune keeps its champion's); metrics: as logged
     (validation NDCG@10 under "valid_ndcg@10", ...); onnx_sha256: hex digest of model.onnx.
     """
 

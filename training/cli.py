@@ -140,12 +140,13 @@ def train_service(config_path, dataset, model, once, full_retrain_now, device, *
 
     from features.config import StoreConfig
     from g2rec.config import from_mapping, to_mapping
-    from training.service import FULL_RETRAIN_REQUEST, ServiceConfig, TrainService
+    from training.service import FULL_RETRAIN_REQUEST, ServiceConfig, TrainService, finetune_config
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("mlflow", "alembic", "feast", "kafka", "onnxscript", "torch"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    base = {"pipeline": to_mapping(_config(dataset, None, None, model, None, None, 0, None)),
+    pipeline = _config(dataset, None, None, model, None, None, 0, None)
+    base = {"pipeline": to_mapping(pipeline), "finetune": to_mapping(finetune_config(pipeline.train)),
             "features": to_mapping(StoreConfig.from_env()),
             "bootstrap": os.environ.get("G2REC_KAFKA", "127.0.0.1:9092")}
     base["pipeline"]["train"]["progress"] = False

@@ -49,6 +49,14 @@ FAULT_STAGES = ("recluster", "publish", "train", "export", "register", "promote"
 FULL_RETRAIN_REQUEST = "FULL_RETRAIN"  # a file of this name in work_dir asks for one full retrain
 
 
+def finetune_config(train: TrainConfig, epochs: int = 4, minutes: float = 2.0) -> TrainConfig:
+    """A fine-tune: the full retrain's optimiser settings (lr, weight average, batches, clock) on a
+    short budget, validated from its start so that it never hands back a model worse on validation
+    than the champion it grew from (bench/README.md, Training service)."""
+    return replace(train, epochs=epochs, eval_every=1, patience=2, max_minutes=minutes, progress=False,
+                   validate_start=True)
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
     """The training service.
@@ -58,7 +66,8 @@ class ServiceConfig:
     None: learn of snapshots from Kafka only); bootstrap/topic: the events topic (announcements on
     `<topic>-snapshots`; bootstrap "" disables Kafka).
     pipeline: model, full-retrain budget (pipeline.train), clustering; finetune: the fine-tune budget.
-    full_retrain_every: every Nth trained cycle is a full retrain (0: only the first).
+    full_retrain_every: every Nth trained cycle is a full retrain (0: only the first); fine-tunes keep
+    their champion's interest vocabulary, so this bounds its age (bench/README.md, Training service).
     promote_tolerance: promote when gate NDCG@10 >= the champion's minus this.
     eval_users / parity_users: users of the gate slice / of the parity check.
     parity_atol, parity_top10: the export must match eager within atol with identical top-10 for
@@ -75,9 +84,8 @@ class ServiceConfig:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     features: StoreConfig = field(default_factory=StoreConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(
-        epochs=4, eval_every=1, patience=2, max_minutes=2.0, progress=False))
-    full_retrain_every: int = 0
+    finetune: TrainConfig = field(default_factory=lambda: finetune_config(TrainConfig()))
+    full_retrain_every: int = 4
     promote_tolerance: float = 0.002
     eval_users: int = 2000
     parity_users: int = 512
@@ -252,7 +260,10 @@ class TrainService:
                 out = stages.train_cycle(data, profiles, champ, plan, cfg.pipeline.model, cfg.pipeline.train.seed,
                                          cfg.eval_users)
                 self._fault("train")
-                stages.save_trained(out, folder, {"service": cfg, "profile_version": c.profile_version})
+                # the profile version the model's interest tokens stand for (a fine-tune keeps its champion's)
+                out.metrics["profile_version"] = champion.profile_version \
+                    if out.metrics["vocabulary"] == "champion" else c.profile_version
+                stages.save_trained(out, folder, {"service": cfg, "profile_version": out.metrics["profile_version"]})
                 info.update(full_retrain=plan.full, gate=out.metrics["gate"][stages.GATE_METRIC],
                             train_seconds=out.metrics["train_seconds"], epochs=out.metrics["epochs_run"])
             self._consume_full_request(plan)
@@ -279,7 +290,8 @@ class TrainService:
                     flat.update({f"champion_gate_{k}": v for k, v in metrics.get("champion_gate", {}).items()})
                     flat.update(train_seconds=metrics["train_seconds"], parity_max_abs_diff=parity.max_abs_diff,
                                 parity_top10_share=parity.top10_share)
-                    mv = self.registry.register(folder, c.key, c.snapshot_id, c.profile_version,
+                    version = metrics.get("profile_version", c.profile_version)
+                    mv = self.registry.register(folder, c.key, c.snapshot_id, version,
                                                 {"full_retrain": metrics["full_retrain"], "items": metrics["items"]},
                                                 flat)
                 self._fault("register")

@@ -54,6 +54,21 @@ def test_fit_with_ema_keeps_the_averaged_weights_it_validated():
     assert evaluate(m, split, "valid")["masked"] == pytest.approx(res.best_valid)
 
 
+def test_fit_validating_its_start_hands_back_the_start_when_training_only_hurts():
+    inter, _ = synth_interactions(SynthConfig(n_users=200, n_items=60, n_interests=4, mean_history=10, seed=3))
+    split = loo_split(inter)
+    torch.manual_seed(0)
+    m = G2RecModel(ModelConfig(n_items=inter.n_items, max_len=10, d_model=16, n_heads=2, n_layers=1, dropout=0.1))
+    fit(m, split, TrainConfig(epochs=6, batch_size=64, lr=5e-3, eval_every=2, patience=5, progress=False))
+    start = {k: v.clone() for k, v in m.state_dict().items()}
+    # An lr of 1 wrecks a trained model: validation only drops, so the fit keeps epoch 0.
+    res = fit(m, split, TrainConfig(epochs=2, batch_size=64, lr=1.0, eval_every=1, patience=2, progress=False,
+                                    validate_start=True))
+    assert res.best_epoch == 0 and [c["epoch"] for c in res.curve] == [0, 1, 2]
+    assert max(c["valid_ndcg@10"] for c in res.curve[1:]) < res.curve[0]["valid_ndcg@10"]
+    assert all(torch.equal(v, start[k]) for k, v in m.state_dict().items())
+
+
 def test_train_config_rejects_bad_values():
     with pytest.raises(ValueError, match="ema"):
         TrainConfig(ema=1.0)

@@ -53,6 +53,12 @@ def test_two_announced_snapshots_give_two_promoted_versions_whose_onnx_matches_e
         assert service.lookup.current_version() == 1
         users = np.unique(events.users)[:50]
         histories = [events.items[events.users == u] for u in users]
+        # The fine-tune kept the first model's interest vocabulary (profile version 0, while Feast
+        # serves version 1): the same profile rows for every item the first model knew.
+        assert [v.profile_version for v in versions] == [0, 0]
+        first, second = (load_model(v.model_path) for v in versions)
+        rows = torch.from_numpy(dense_ids(versions[1].item_ids(), versions[0].item_ids()[1:]))
+        assert torch.equal(second.prof_clusters[rows], first.prof_clusters[1:])
         for v in versions:
             assert _eager_vs_onnx(v, histories) <= 1e-4
             assert v.metrics["gate"]["ndcg@10"] > 0
