@@ -62,6 +62,11 @@ class ModelConfig:
     context_tokens: int = 1
     semantic_items: bool = False  # g2rec: an item's vector adds its profile-weighted cluster embeddings (input and output)
     n_negatives: int = 0  # 0: full softmax; else sampled softmax with this many shared negatives
+    # Label smoothing of the next-item loss (items mode, and the fused layout's direct head): this
+    # share of the target moves to the catalogue ("items", uniform) or to the items of the target's
+    # interests ("interests", g2rec: membership-weighted).
+    label_smoothing: float = 0.0
+    smooth_to: str = "items"
     neg_power: float = 0.0  # negatives ~ count^neg_power (0: uniform), with logQ correction
 
     def __post_init__(self) -> None:
@@ -77,6 +82,11 @@ class ModelConfig:
             raise ConfigError(f"context_len={self.context_len} needs mode='g2rec' with layout='fused'")
         if self.semantic_items and self.mode != "g2rec":
             raise ConfigError("semantic_items needs mode='g2rec' (items mode has no interest profiles)")
+        if not 0.0 <= self.label_smoothing < 1.0 or self.smooth_to not in ("items", "interests"):
+            raise ConfigError(f"label_smoothing must lie in [0, 1) and smooth_to be 'items' or 'interests', "
+                              f"got {self.label_smoothing}, {self.smooth_to!r}")
+        if self.label_smoothing and self.smooth_to == "interests" and self.mode != "g2rec":
+            raise ConfigError("smooth_to='interests' needs mode='g2rec' (items mode has no interest profiles)")
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
 
@@ -425,6 +435,32 @@ class G2RecModel(nn.Module):
         logits = torch.cat([pos_logit, neg_logits], dim=1)
         return logits, torch.zeros_like(y), torch.cat([torch.zeros_like(neg_vectors[:1]), neg_vectors])
 
+    def next_item_loss(self, h: torch.Tensor, y: torch.Tensor, cand: tuple[torch.Tensor, torch.Tensor] | None = None
+                       ) -> torch.Tensor:
+        """item_loss, label-smoothed when cfg.label_smoothing > 0. With logits h·v_j, the cross-entropy
+        against (1 - eps)·onehot(y) + eps·q is lse - (1 - eps)·logit_y - eps·h·(Σ_j q_j v_j), so a
+        smoothing distribution q costs one vector per target, not a (P, N) product. Under sampled
+        softmax the same formula over the candidates has the sampled loss's gradient (its value is off
+        by the constant eps·Σ_j q_j log Q_j). q: uniform over items 1..N ("items"), or
+        Σ_k w_yk · (the items of interest k, membership-weighted) ("interests").
+        cand: (logits, target) from _candidate_logits when the caller has them."""
+        eps = self.cfg.label_smoothing
+        logits, target = cand if cand is not None else self._candidate_logits(h, y)[:2]
+        if eps == 0:
+            return F.cross_entropy(logits, target)
+        vectors = self.all_item_vectors()  # (N+1, C)
+        if self.cfg.smooth_to == "items":
+            centre = vectors[1:].mean(0).expand_as(h)  # (P, C)
+        else:
+            c, w = self.prof_clusters[1:].reshape(-1), self.prof_weights[1:].reshape(-1)  # (N·rho,)
+            rows = vectors[1:].repeat_interleave(self.cfg.rho, dim=0) * w.unsqueeze(1)  # (N·rho, C)
+            k = self.cfg.n_clusters
+            mass = torch.zeros(k, device=h.device, dtype=w.dtype).index_add_(0, c, w).clamp_min(1e-12)
+            means = torch.zeros(k, h.shape[1], device=h.device, dtype=rows.dtype).index_add_(0, c, rows) / mass.unsqueeze(1)
+            centre = (means[self.prof_clusters[y]] * self.prof_weights[y].unsqueeze(-1)).sum(1)  # (P, C)
+        pos = logits.gather(1, target.view(-1, 1)).squeeze(1)
+        return (logits.logsumexp(-1) - (1 - eps) * pos - eps * (h * centre).sum(-1)).mean()
+
     def mixture_loss(self, h: torch.Tensor, y: torch.Tensor, logp_k: torch.Tensor, logits: torch.Tensor,
                      target: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
         """Fused layout: the mean of -log sum over the top-B interests k of P(k | h) P(y | h, k), the
@@ -450,7 +486,7 @@ class G2RecModel(nn.Module):
             x, y = seqs[:, :-1], seqs[:, 1:]
             h = self.encode(self._item_tokens(x))  # (B, T, C)
             valid = x > 0
-            item_loss = self.item_loss(h[valid], y[valid])
+            item_loss = self.next_item_loss(h[valid], y[valid])
             return item_loss, {"item": item_loss.item()}
         if self.fused:
             return self._fused_loss(seqs)
@@ -498,7 +534,7 @@ class G2RecModel(nn.Module):
         logp_k = F.log_softmax(h @ self.cluster_emb.weight.t(), dim=-1)  # (P, K)
         interest_loss = -(logp_k.gather(1, self.prof_clusters[y]) * self.prof_weights[y]).sum(1).mean()
         logits, target, vectors = self._candidate_logits(h, y)
-        direct_loss = F.cross_entropy(logits, target)
+        direct_loss = self.next_item_loss(h, y, (logits, target))
         rows = torch.randperm(len(y), device=y.device)[: self.cfg.mixture_positions]
         cols = 1 + self.cfg.mixture_negatives if self.cfg.n_negatives > 0 and self.cfg.mixture_negatives > 0 else None
         mixture_loss = self.mixture_loss(h[rows], y[rows], logp_k[rows], logits[rows, :cols], target[rows], vectors[:cols])

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -171,3 +172,27 @@ def test_log_matmul_exp_at_gradients_match_the_literal_logsumexp():
     for fast, ref in zip(*grads):
         assert torch.allclose(fast, ref, atol=1e-5)
     assert grads[0][1][1, 3] == 0
+
+
+@pytest.mark.parametrize("smooth_to", ["items", "interests"])
+def test_label_smoothing_equals_the_cross_entropy_against_the_literal_smoothed_target(smooth_to):
+    torch.manual_seed(0)
+    n, k, rho, eps = 30, 5, 2, 0.2
+    m = G2RecModel(ModelConfig(n_items=n, max_len=6, d_model=8, n_heads=2, n_layers=1, dropout=0.0, mode="g2rec",
+                               layout="fused", n_clusters=k, rho=rho, label_smoothing=eps, smooth_to=smooth_to))
+    rng = np.random.default_rng(0)
+    clusters = np.stack([rng.permutation(k)[:rho] for _ in range(n + 1)])
+    weights = rng.dirichlet(np.ones(rho), size=n + 1).astype(np.float32)
+    m.set_profiles(clusters, weights)
+    h, y = torch.randn(7, 8), torch.from_numpy(rng.integers(1, n + 1, size=7))
+    logp = torch.log_softmax(m.item_logits(h), -1)[:, 1:]  # (P, N): the padding item gets no mass
+    if smooth_to == "items":
+        q = torch.full((7, n), 1.0 / n)
+    else:  # q_j = sum_k w_yk * w_jk / (sum_i w_ik), over the items j of interest k
+        member = torch.zeros(n, k).index_put_((torch.arange(n).repeat_interleave(rho), torch.from_numpy(clusters[1:]).reshape(-1)),
+                                             torch.from_numpy(weights[1:]).reshape(-1), accumulate=True)  # (N, K)
+        per_item = member / member.sum(0)  # column k: a distribution over items
+        q = torch.stack([(per_item[:, torch.from_numpy(clusters[t])] * torch.from_numpy(weights[t])).sum(1) for t in y.tolist()])
+    target = (1 - eps) * torch.nn.functional.one_hot(y - 1, n).float() + eps * q
+    literal = -(target * logp).sum(1).mean()
+    assert m.next_item_loss(h, y).item() == pytest.approx(literal.item(), rel=1e-5)
