@@ -176,7 +176,7 @@ def train_cycle(data: Interactions, profiles: InterestProfiles | None, champion:
                "users_evaluated": int(len(split.users)), "interactions": int(data.n_interactions)}
     if champion is not None:
         metrics["new_items"] = int((np.isin(cat[1:], np.asarray(champion[1])[1:], invert=True)).sum())
-        own = profile_table(cat, champ_profiles, [profiles]) if champ_profiles is not None else None
+        own = table if keep else profile_table(cat, champ_profiles, [profiles]) if champ_profiles is not None else None
         champ = grow(champion[0], champion[1], own) if own is not None else grow_items(*champion, cat)
         metrics["champion_gate"] = evaluate(champ, split, "test")["masked"]
         metrics["champion_valid"] = evaluate(champ, split, "valid")["masked"]
